@@ -1,0 +1,285 @@
+"""``configure()``: the one entry point, and the table of environment variables it honours.
+
+Rules: add to what the application already set up, never replace it; every option has an
+environment variable; a malformed variable is a ``ConfigError`` naming it, at startup, rather
+than a surprise at the first request.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from opentelemetry import propagate, trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+
+from sessiontrace.policy import PRIVATE, InboundPolicy, OutboundPolicy, parse_networks
+from sessiontrace.processors import SessionLogRecordProcessor, SessionSpanProcessor, install_log_record_factory
+from sessiontrace.propagation import SessionPropagator, session_propagator
+
+ExporterKind = Literal["auto", "otlp", "store", "none"]
+
+
+class ConfigError(ValueError):
+    """A configuration value (argument or environment variable) is malformed."""
+
+
+@dataclass(frozen=True)
+class EnvVar:
+    name: str
+    default: str
+    doc: str
+
+
+ENV_VARS: tuple[EnvVar, ...] = (
+    EnvVar(
+        "SESSIONTRACE_EXPORTER",
+        "auto",
+        "`auto`: OTLP when `OTEL_EXPORTER_OTLP_ENDPOINT` or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is set, "
+        "else the embedded store; `otlp`; `store`; `none` (stamping and propagation only).",
+    ),
+    EnvVar(
+        "SESSIONTRACE_STORE",
+        "$XDG_DATA_HOME/sessiontrace/spans.sqlite3",
+        "Path of the embedded SQLite span store.",
+    ),
+    EnvVar(
+        "SESSIONTRACE_SIGNING_KEY",
+        "",
+        "HMAC key: sessions we send are signed, signed sessions we receive keep their user id.",
+    ),
+    EnvVar(
+        "SESSIONTRACE_REQUIRE_SIGNATURE",
+        "false",
+        "Reject inbound sessions that are not signed with the signing key.",
+    ),
+    EnvVar(
+        "SESSIONTRACE_TRUSTED_PEERS",
+        "",
+        "Comma-separated IP networks whose inbound user id and roles are believed unsigned.",
+    ),
+    EnvVar(
+        "SESSIONTRACE_BAGGAGE_HOSTS",
+        PRIVATE,
+        "Comma-separated hosts that may receive session baggage: names, `*.suffix`, IPs, CIDRs, "
+        "`*`, `@private` (loopback, private networks, single-label and `.internal`-style names).",
+    ),
+    EnvVar(
+        "SESSIONTRACE_JAEGER_PROPAGATION",
+        "false",
+        "Also read and write Jaeger's `uber-trace-id` / `uberctx-*` headers (legacy jaeger-client peers).",
+    ),
+    EnvVar("SESSIONTRACE_STAMP_LOGS", "true", "Stamp stdlib and OpenTelemetry log records."),
+    EnvVar(
+        "SESSIONTRACE_INSTRUMENT_THREADS",
+        "true",
+        "Carry the context into `threading.Thread` and `ThreadPoolExecutor` (contrib threading instrumentor).",
+    ),
+)
+"""Every variable we read, besides the standard ``OTEL_*`` ones (``OTEL_SERVICE_NAME``,
+``OTEL_RESOURCE_ATTRIBUTES``, ``OTEL_EXPORTER_OTLP_*``, ``OTEL_PROPAGATORS``, ``OTEL_SDK_DISABLED``)."""
+
+_DEFAULTS = {var.name: var.default for var in ENV_VARS}
+
+
+@dataclass(frozen=True)
+class Configuration:
+    """What ``configure()`` did."""
+
+    tracer_provider: TracerProvider | None
+    exporter: ExporterKind
+    store_path: Path | None
+    propagator: SessionPropagator
+    reused_provider: bool
+
+
+_lock = threading.Lock()
+_configured: Configuration | None = None
+
+
+def configure(
+    *,
+    service_name: str | None = None,
+    exporter: ExporterKind | None = None,
+    store_path: str | os.PathLike[str] | None = None,
+    inbound: InboundPolicy | None = None,
+    outbound: OutboundPolicy | None = None,
+    jaeger_propagation: bool | None = None,
+    stamp_logs: bool | None = None,
+    instrument_threads: bool | None = None,
+    tracer_provider: TracerProvider | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Configuration:
+    """Set up session stamping, propagation and export. Arguments win over environment variables.
+
+    If the application already registered an SDK ``TracerProvider`` (or passes one), our span
+    processor is added to it and its exporters are left alone; an exporter of ours is added
+    only when ``exporter`` (or ``SESSIONTRACE_EXPORTER``) asks for one. Otherwise a provider is
+    created with the ``OTEL_*`` resource and an exporter chosen by ``exporter``.
+    Calling ``configure()`` again updates the policies; processors are never added twice.
+    """
+    global _configured
+    env = os.environ if environ is None else environ
+    read = _Reader(env)
+
+    inbound = inbound or InboundPolicy(
+        signing_key=read.text("SESSIONTRACE_SIGNING_KEY").encode() or None,
+        require_signature=read.flag("SESSIONTRACE_REQUIRE_SIGNATURE"),
+        trusted_peers=read.parsed("SESSIONTRACE_TRUSTED_PEERS", lambda v: parse_networks(_split(v))),
+    )
+    outbound = outbound or read.parsed("SESSIONTRACE_BAGGAGE_HOSTS", lambda v: OutboundPolicy(tuple(_split(v))))
+    jaeger = read.flag("SESSIONTRACE_JAEGER_PROPAGATION") if jaeger_propagation is None else jaeger_propagation
+    stamp_logs = read.flag("SESSIONTRACE_STAMP_LOGS") if stamp_logs is None else stamp_logs
+    threads = read.flag("SESSIONTRACE_INSTRUMENT_THREADS") if instrument_threads is None else instrument_threads
+    explicit_exporter = exporter is not None or "SESSIONTRACE_EXPORTER" in env
+    kind = exporter or read.choice("SESSIONTRACE_EXPORTER", ("auto", "otlp", "store", "none"))
+    if kind == "auto":
+        has_endpoint = env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        kind = "otlp" if has_endpoint else "store"
+    path = Path(store_path) if store_path is not None else _store_path(env)
+
+    with _lock:
+        propagator = session_propagator(inbound, outbound, jaeger=jaeger)
+        propagate.set_global_textmap(propagator)
+
+        if read.flag("OTEL_SDK_DISABLED", default="false"):
+            _configured = Configuration(None, "none", None, propagator, reused_provider=False)
+            return _configured
+
+        provider, reused = _provider(tracer_provider, service_name)
+        if not _has_processor(provider, SessionSpanProcessor):
+            provider.add_span_processor(SessionSpanProcessor())
+        if (not reused or explicit_exporter) and kind != "none" and not _exports(provider):
+            provider.add_span_processor(_Exporting(_exporter(kind, path, env)))
+        if not reused:
+            trace.set_tracer_provider(provider)
+
+        if stamp_logs:
+            install_log_record_factory()
+            _stamp_otel_logs()
+        if threads:
+            _instrument_threads()
+
+        _configured = Configuration(
+            provider, kind, path if kind == "store" else None, propagator, reused_provider=reused
+        )
+        return _configured
+
+
+class _Exporting(BatchSpanProcessor):
+    """Our exporting processor, marked so a second ``configure()`` does not add another."""
+
+
+def _provider(given: TracerProvider | None, service_name: str | None) -> tuple[TracerProvider, bool]:
+    if given is not None:
+        return given, True
+    current = trace.get_tracer_provider()
+    if isinstance(current, TracerProvider):
+        return current, True
+    # Resource.create reads OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES; an argument wins.
+    resource = Resource.create({"service.name": service_name} if service_name else {})
+    return TracerProvider(resource=resource), False
+
+
+def _exporter(kind: ExporterKind, path: Path, env: Mapping[str, str]) -> SpanExporter:
+    if kind == "store":
+        from sessiontrace.store import StoreSpanExporter
+
+        return StoreSpanExporter(path)
+    protocol = env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "http/protobuf"
+    if protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
+
+        return GrpcExporter()
+    if protocol == "http/protobuf":
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
+
+        return HttpExporter()
+    raise ConfigError(f"OTEL_EXPORTER_OTLP_PROTOCOL must be grpc or http/protobuf, got {protocol!r}")
+
+
+def _processors(provider: TracerProvider) -> tuple[Any, ...]:
+    multi = getattr(provider, "_active_span_processor", None)
+    return tuple(getattr(multi, "_span_processors", ()))
+
+
+def _has_processor(provider: TracerProvider, kind: type) -> bool:
+    return any(isinstance(processor, kind) for processor in _processors(provider))
+
+
+def _exports(provider: TracerProvider) -> bool:
+    return _has_processor(provider, _Exporting)
+
+
+def _stamp_otel_logs() -> None:
+    """Add our log processor to an SDK ``LoggerProvider`` the application registered, if any."""
+    try:
+        from opentelemetry.sdk._logs import LoggerProvider
+
+        from opentelemetry import _logs
+    except ImportError:
+        return
+    provider = _logs.get_logger_provider()
+    if isinstance(provider, LoggerProvider):
+        processors = getattr(getattr(provider, "_multi_log_record_processor", None), "_log_record_processors", ())
+        if not any(isinstance(p, SessionLogRecordProcessor) for p in processors):
+            provider.add_log_record_processor(SessionLogRecordProcessor())  # type: ignore[arg-type]
+
+
+def _instrument_threads() -> None:
+    from opentelemetry.instrumentation.threading import ThreadingInstrumentor
+
+    instrumentor = ThreadingInstrumentor()
+    if not instrumentor.is_instrumented_by_opentelemetry:
+        instrumentor.instrument()
+
+
+def _store_path(env: Mapping[str, str]) -> Path:
+    if env.get("SESSIONTRACE_STORE"):
+        return Path(env["SESSIONTRACE_STORE"]).expanduser()
+    from sessiontrace.store import default_store_path
+
+    return default_store_path()
+
+
+def _split(value: str) -> list[str]:
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+class _Reader:
+    """Reads and validates environment variables, naming the variable in every error."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+
+    def text(self, name: str, default: str | None = None) -> str:
+        value = self.env.get(name)
+        return (default if default is not None else _DEFAULTS.get(name, "")) if value is None else value.strip()
+
+    def flag(self, name: str, default: str | None = None) -> bool:
+        value = self.text(name, default).lower()
+        if value in ("1", "true", "yes", "on"):
+            return True
+        if value in ("", "0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{name} must be true or false, got {value!r}")
+
+    def choice(self, name: str, choices: tuple[str, ...]) -> Any:
+        value = self.text(name).lower()
+        if value not in choices:
+            raise ConfigError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+        return value
+
+    def parsed(self, name: str, parse: Callable[[str], Any]) -> Any:
+        value = self.text(name)
+        try:
+            return parse(value)
+        except (ValueError, ipaddress.AddressValueError) as error:
+            raise ConfigError(f"{name}: {error}") from None

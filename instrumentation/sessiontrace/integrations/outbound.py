@@ -1,0 +1,102 @@
+"""Outbound HTTP: send the session to hosts on the allow-list, and to no one else.
+
+``OutboundPolicyInstrumentor`` patches the transports of httpx (sync and async) and requests, the
+last place a request passes before the wire. For an allowed host it injects the trace and session;
+for any other host it removes our entries from ``baggage`` and ``uberctx-*`` headers, whoever put
+them there (OpenTelemetry's own httpx/requests instrumentors inject through the global propagator,
+which sees the destination we set and leaves them out as well).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, MutableMapping
+from typing import Any
+from urllib.parse import unquote
+
+from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
+from opentelemetry.instrumentation.utils import unwrap
+from wrapt import wrap_function_wrapper
+
+from sessiontrace import semconv
+from sessiontrace.propagation import destination_allowed, inject, outbound_to
+
+_OURS = frozenset(semconv.SESSION_BAGGAGE_KEYS)
+_JAEGER_BAGGAGE_PREFIX = "uberctx-"
+
+
+def apply_policy(headers: MutableMapping[str, str], url: str) -> None:
+    """Inject the session for an allowed ``url``; strip our entries for any other."""
+    if destination_allowed(url):
+        inject(headers, destination=url)
+        return
+    for name in list(headers.keys()):
+        lowered = name.lower()
+        if lowered == "baggage":
+            kept = [entry for entry in headers[name].split(",") if _entry_key(entry) not in _OURS]
+            if kept:
+                headers[name] = ",".join(kept)
+            else:
+                del headers[name]
+        elif lowered.startswith(_JAEGER_BAGGAGE_PREFIX) and unquote(lowered[len(_JAEGER_BAGGAGE_PREFIX) :]) in _OURS:
+            del headers[name]
+
+
+def _entry_key(entry: str) -> str:
+    return unquote(entry.split("=", 1)[0].strip())
+
+
+def _httpx_send(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    request = args[0] if args else kwargs["request"]
+    url = str(request.url)
+    with outbound_to(url):
+        apply_policy(request.headers, url)
+        return wrapped(*args, **kwargs)
+
+
+async def _httpx_send_async(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    request = args[0] if args else kwargs["request"]
+    url = str(request.url)
+    with outbound_to(url):
+        apply_policy(request.headers, url)
+        return await wrapped(*args, **kwargs)
+
+
+def _requests_send(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    request = args[0] if args else kwargs["request"]
+    url = str(request.url)
+    with outbound_to(url):
+        apply_policy(request.headers, url)
+        return wrapped(*args, **kwargs)
+
+
+class OutboundPolicyInstrumentor(BaseInstrumentor):  # type: ignore[misc]
+    """Applies the outbound host policy to httpx and requests, whichever are installed."""
+
+    def instrumentation_dependencies(self) -> Collection[str]:
+        return ()  # both libraries are optional; each is patched only if importable
+
+    def _instrument(self, **kwargs: Any) -> None:
+        if _importable("httpx"):
+            wrap_function_wrapper("httpx", "HTTPTransport.handle_request", _httpx_send)
+            wrap_function_wrapper("httpx", "AsyncHTTPTransport.handle_async_request", _httpx_send_async)
+        if _importable("requests"):
+            wrap_function_wrapper("requests.adapters", "HTTPAdapter.send", _requests_send)
+
+    def _uninstrument(self, **kwargs: Any) -> None:
+        if _importable("httpx"):
+            import httpx
+
+            unwrap(httpx.HTTPTransport, "handle_request")
+            unwrap(httpx.AsyncHTTPTransport, "handle_async_request")
+        if _importable("requests"):
+            import requests.adapters
+
+            unwrap(requests.adapters.HTTPAdapter, "send")
+
+
+def _importable(module: str) -> bool:
+    try:
+        __import__(module)
+    except ImportError:
+        return False
+    return True

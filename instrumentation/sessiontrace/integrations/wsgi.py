@@ -1,0 +1,83 @@
+"""Inbound WSGI middleware: every request runs inside a session.
+
+Put it inside OpenTelemetry's WSGI middleware when you use both
+(``OpenTelemetryMiddleware(SessionMiddleware(app))``) so the server span is the parent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from sessiontrace import semconv
+from sessiontrace.integrations._inbound import InboundSession, request_trigger
+
+StartResponse = Callable[..., Any]
+WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
+
+
+class SessionMiddleware:
+    """Continue the caller's session (through the inbound policy) or mint one, and echo its id
+    in the ``x-session-id`` response header."""
+
+    def __init__(
+        self,
+        app: WSGIApp,
+        *,
+        trigger_source: str = "api",
+        mint: bool = True,
+        response_header: bool = True,
+    ) -> None:
+        self.app = app
+        self.trigger_source = trigger_source
+        self.mint = mint
+        self.response_header = response_header
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        headers = {
+            key[5:].replace("_", "-").lower(): str(value) for key, value in environ.items() if key.startswith("HTTP_")
+        }
+        trigger = request_trigger(str(environ.get("REQUEST_METHOD", "GET")), str(environ.get("PATH_INFO", "")))
+        inbound = InboundSession(
+            headers,
+            environ.get("REMOTE_ADDR"),
+            trigger_source=self.trigger_source,
+            trigger_type=trigger,
+            mint=self.mint,
+        )
+        session = inbound.__enter__()
+        start = start_response
+        if session is not None and self.response_header:
+
+            def start(status: str, response_headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+                response_headers = [*response_headers, (semconv.SESSION_RESPONSE_HEADER, session.id)]
+                return start_response(status, response_headers, exc_info)
+
+        try:
+            body = self.app(environ, start)
+        except BaseException as error:
+            inbound.__exit__(type(error), error, error.__traceback__)
+            raise
+        # The body may be produced lazily: the session stays current until the server closes it.
+        return _ClosingBody(body, inbound)
+
+
+class _ClosingBody:
+    def __init__(self, body: Iterable[bytes], inbound: InboundSession) -> None:
+        self._body = body
+        self._inbound = inbound
+        self._closed = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._body)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            close = getattr(self._body, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self._inbound.__exit__(None, None, None)
