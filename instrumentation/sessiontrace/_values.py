@@ -40,23 +40,21 @@ def session_id(value: object, field: str = "session id") -> str:
 def user_id(value: object) -> str:
     """A printable string of 1 to 256 characters."""
     if not isinstance(value, str) or not value or len(value) > MAX_USER_ID or _CONTROL.search(value):
-        raise InvalidValue(
-            f"user id must be 1 to {MAX_USER_ID} printable characters, got {_show(value)}"
-        )
+        raise InvalidValue(f"user id must be 1 to {MAX_USER_ID} printable characters, got {_show(value)}")
     return value
 
 
 def roles(values: Iterable[object] | str) -> tuple[str, ...]:
     """Up to 32 role names of letters, digits and ``_ . : / -``; a string is split on commas."""
     items = values.split(",") if isinstance(values, str) else list(values)
-    cleaned = tuple(item.strip() if isinstance(item, str) else item for item in items)
-    if len(cleaned) > MAX_ROLES:
-        raise InvalidValue(f"at most {MAX_ROLES} roles, got {len(cleaned)}")
-    for role in cleaned:
+    if len(items) > MAX_ROLES:
+        raise InvalidValue(f"at most {MAX_ROLES} roles, got {len(items)}")
+    cleaned: list[str] = []
+    for item in items:
+        role = item.strip() if isinstance(item, str) else item
         if not isinstance(role, str) or len(role) > MAX_ROLE or not _ROLE.fullmatch(role):
-            raise InvalidValue(
-                f"a role must be 1 to {MAX_ROLE} of letters, digits, '_.:/-', got {_show(role)}"
-            )
+            raise InvalidValue(f"a role must be 1 to {MAX_ROLE} of letters, digits, '_.:/-', got {_show(role)}")
+        cleaned.append(role)
     return tuple(dict.fromkeys(cleaned))  # de-duplicated, order kept
 
 
@@ -72,9 +70,7 @@ def trigger_source(value: object) -> str:
 def trigger_type(value: object) -> str:
     """Free text of 1 to 256 printable characters (``POST /claims``, ``nightly-reconcile``)."""
     if not isinstance(value, str) or not value or len(value) > MAX_TRIGGER_TYPE or _CONTROL.search(value):
-        raise InvalidValue(
-            f"trigger type must be 1 to {MAX_TRIGGER_TYPE} printable characters, got {_show(value)}"
-        )
+        raise InvalidValue(f"trigger type must be 1 to {MAX_TRIGGER_TYPE} printable characters, got {_show(value)}")
     return value
 
 

@@ -193,7 +193,9 @@ def _exporter(kind: ExporterKind, path: Path, env: Mapping[str, str]) -> SpanExp
         from sessiontrace.store import StoreSpanExporter
 
         return StoreSpanExporter(path)
-    protocol = env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "http/protobuf"
+    protocol = (
+        env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "http/protobuf"
+    )
     if protocol == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
 
@@ -221,9 +223,8 @@ def _exports(provider: TracerProvider) -> bool:
 def _stamp_otel_logs() -> None:
     """Add our log processor to an SDK ``LoggerProvider`` the application registered, if any."""
     try:
-        from opentelemetry.sdk._logs import LoggerProvider
-
         from opentelemetry import _logs
+        from opentelemetry.sdk._logs import LoggerProvider
     except ImportError:
         return
     provider = _logs.get_logger_provider()

@@ -17,6 +17,6 @@ def instrument(**kwargs: Any) -> None:
         from opentelemetry.instrumentation.celery import CeleryInstrumentor
     except ImportError as error:
         raise ImportError("Celery support needs the celery extra: pip install 'sessiontrace[celery]'") from error
-    instrumentor = CeleryInstrumentor()
+    instrumentor = CeleryInstrumentor()  # type: ignore[no-untyped-call]
     if not instrumentor.is_instrumented_by_opentelemetry:
         instrumentor.instrument(**kwargs)
