@@ -49,3 +49,16 @@ class TestSemconvTable:
     def test_baggage_keys_match_attribute_names(self) -> None:
         assert semconv.BAGGAGE_SESSION_ID == semconv.SESSION_ID
         assert semconv.BAGGAGE_USER_ID == semconv.USER_ID
+
+
+class TestLazyImports:
+    """``import sessiontrace`` is cheap; the names load on first use."""
+
+    def test_lazy_names_match_all(self) -> None:
+        assert set(sessiontrace._LAZY) | {"__version__"} == set(sessiontrace.__all__)
+
+    def test_unknown_name_is_an_attribute_error(self) -> None:
+        import pytest
+
+        with pytest.raises(AttributeError, match="no_such_name"):
+            _ = sessiontrace.no_such_name  # type: ignore[attr-defined]

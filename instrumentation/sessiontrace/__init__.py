@@ -6,12 +6,51 @@ and every span and log of that activity, in this process and the ones it calls, 
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from sessiontrace._version import __version__
-from sessiontrace.config import ConfigError, Configuration, configure
-from sessiontrace.context import Session, SessionScope, current_session, new_session_id, session
-from sessiontrace.policy import InboundPolicy, OutboundPolicy
-from sessiontrace.processors import SessionLogRecordProcessor, SessionSpanProcessor
-from sessiontrace.propagation import SessionPropagator, extract, inject
+
+if TYPE_CHECKING:
+    from sessiontrace.config import ConfigError, Configuration, configure
+    from sessiontrace.context import Session, SessionScope, current_session, new_session_id, session
+    from sessiontrace.policy import InboundPolicy, OutboundPolicy
+    from sessiontrace.processors import SessionLogRecordProcessor, SessionSpanProcessor
+    from sessiontrace.propagation import SessionPropagator, extract, inject
+
+# Loaded on first use, so that `sessiontrace --help` (and anything else that imports a
+# submodule) does not pay for the OpenTelemetry SDK.
+_LAZY = {
+    "ConfigError": "sessiontrace.config",
+    "Configuration": "sessiontrace.config",
+    "configure": "sessiontrace.config",
+    "Session": "sessiontrace.context",
+    "SessionScope": "sessiontrace.context",
+    "current_session": "sessiontrace.context",
+    "new_session_id": "sessiontrace.context",
+    "session": "sessiontrace.context",
+    "InboundPolicy": "sessiontrace.policy",
+    "OutboundPolicy": "sessiontrace.policy",
+    "SessionLogRecordProcessor": "sessiontrace.processors",
+    "SessionSpanProcessor": "sessiontrace.processors",
+    "SessionPropagator": "sessiontrace.propagation",
+    "extract": "sessiontrace.propagation",
+    "inject": "sessiontrace.propagation",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'sessiontrace' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
 
 __all__ = [
     "ConfigError",

@@ -95,6 +95,9 @@ class SessionPropagator(TextMapPropagator):
         self.inner = inner
         self.inbound = inbound or InboundPolicy()
         self.outbound = outbound or OutboundPolicy()
+        # The application's propagator before ``session_propagator`` added Jaeger's, so that a
+        # later ``configure(jaeger_propagation=False)`` can take it away again.
+        self._base = inner
 
     @property
     def fields(self) -> set[str]:
@@ -179,7 +182,9 @@ def _optional(check: Any, value: str | None) -> Any:
 
 
 def _without_session_entries(ctx: Context) -> Context:
-    for key in (*semconv.SESSION_BAGGAGE_KEYS, *semconv.FOREIGN_SESSION_BAGGAGE_KEYS):
+    """``ctx`` without our baggage entries. Other tools' entries (``langfuse_session_id``...) stay:
+    they are read as a session id inbound, but what they carry is those tools' business."""
+    for key in semconv.SESSION_BAGGAGE_KEYS:
         if baggage.get_baggage(key, ctx) is not None:
             ctx = baggage.remove_baggage(key, ctx)
     return ctx
@@ -194,9 +199,9 @@ def session_propagator(
 ) -> SessionPropagator:
     """A ``SessionPropagator`` around the current global propagator (``OTEL_PROPAGATORS``),
     adding Jaeger's format when ``jaeger`` is true. Re-wrapping ours replaces its policies."""
-    inner = propagate.get_global_textmap()
+    inner = base = propagate.get_global_textmap()
     if isinstance(inner, SessionPropagator):
-        inner = inner.inner
+        inner = base = inner._base
     if jaeger and "uber-trace-id" not in inner.fields:
         try:
             from opentelemetry.propagators.jaeger import JaegerPropagator
@@ -205,7 +210,9 @@ def session_propagator(
                 "Jaeger propagation needs the jaeger extra: pip install 'sessiontrace[jaeger]'"
             ) from error
         inner = CompositePropagator([inner, JaegerPropagator()])
-    return SessionPropagator(inner, inbound, outbound)
+    propagator = SessionPropagator(inner, inbound, outbound)
+    propagator._base = base
+    return propagator
 
 
 def _propagator() -> SessionPropagator:

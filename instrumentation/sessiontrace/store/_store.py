@@ -1,0 +1,246 @@
+"""The embedded span store: one SQLite file that several processes write at once.
+
+WAL lets readers (the CLI) run while exporters write; ``synchronous=NORMAL`` is durable across
+application crashes (only an OS crash can lose the last transactions) and is what makes batched
+inserts fast; ``busy_timeout`` makes a writer wait its turn instead of failing when another
+process holds the write lock.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from opentelemetry.sdk.trace import ReadableSpan
+
+from sessiontrace.records import SessionSummary, StoredEvent, StoredLink, StoredSpan
+from sessiontrace.store._encode import Encoder
+from sessiontrace.store._errors import StoreError, StoreNotFound, StoreNotWritable
+from sessiontrace.store._schema import check_schema, not_a_store
+
+BUSY_TIMEOUT_MS = 10_000
+
+_KINDS = ("INTERNAL", "SERVER", "CLIENT", "PRODUCER", "CONSUMER")
+_STATUSES = ("UNSET", "OK", "ERROR")
+
+_INSERT_SPAN = "INSERT OR IGNORE INTO spans VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+_INSERT_RESOURCE = "INSERT OR IGNORE INTO resources VALUES (?,?,?)"
+# Batches of one session arrive over time and from several processes: merge, never overwrite.
+_UPSERT_SESSION = """
+INSERT INTO sessions VALUES (?,?,?,?,?,?,?,?,?,?,?)
+ON CONFLICT (session_id) DO UPDATE SET
+    first_start_ns = min(first_start_ns, excluded.first_start_ns),
+    last_end_ns = max(last_end_ns, excluded.last_end_ns),
+    span_count = span_count + excluded.span_count,
+    error_count = error_count + excluded.error_count,
+    user_id = coalesce(user_id, excluded.user_id),
+    trigger_source = coalesce(trigger_source, excluded.trigger_source),
+    root_name = CASE WHEN (excluded.root_rank, excluded.root_start_ns)
+        < (root_rank, root_start_ns) THEN excluded.root_name ELSE root_name END,
+    root_rank = min(root_rank, excluded.root_rank),
+    root_start_ns = CASE WHEN (excluded.root_rank, excluded.root_start_ns)
+        < (root_rank, root_start_ns) THEN excluded.root_start_ns ELSE root_start_ns END,
+    services = CASE WHEN services = excluded.services THEN services ELSE (
+        SELECT json_group_array(value) FROM (
+            SELECT value FROM json_each(sessions.services)
+            UNION SELECT value FROM json_each(excluded.services) ORDER BY value)) END
+"""
+_SPAN_COLUMNS = (
+    "s.trace_id, s.span_id, s.parent_span_id, s.name, s.kind, s.start_ns, s.end_ns, "
+    "s.status_code, s.status_message, s.service_name, s.session_id, s.attributes, s.events, "
+    "s.links, r.attributes, s.scope_name"
+)
+# Every span of every trace the session touched: spans started before the session id was known
+# (or by instrumentation that does not stamp it) belong to the path too.
+_SESSION_SPANS = f"""
+SELECT {_SPAN_COLUMNS} FROM spans s LEFT JOIN resources r ON r.resource_id = s.resource_id
+WHERE s.trace_id IN (SELECT DISTINCT trace_id FROM spans WHERE session_id = ?)
+ORDER BY s.start_ns
+"""
+_SESSIONS = """
+SELECT session_id, first_start_ns, last_end_ns, span_count, error_count, user_id,
+       trigger_source, root_name, services
+FROM sessions ORDER BY last_end_ns DESC LIMIT ?
+"""
+
+
+class SpanStore:
+    """A span store file. Thread-safe; open one per process and share it.
+
+    ``readonly`` opens an existing store for reading (the CLI): it never creates the file or its
+    directory. Raises ``StoreError`` (with a message naming the file) when the file cannot be used.
+    """
+
+    def __init__(self, path: Path | str, *, readonly: bool = False) -> None:
+        self.path = Path(path).expanduser()
+        self.readonly = readonly
+        self._lock = threading.Lock()
+        self._encoder = Encoder()
+        self._conn = self._connect()
+
+    # -- opening -------------------------------------------------------------------------------
+    def _connect(self) -> sqlite3.Connection:
+        path = self.path
+        if self.readonly:
+            if not path.exists():
+                raise StoreNotFound(f"no store at {path}", path)
+        else:
+            _check_writable(path)
+        try:
+            conn = sqlite3.connect(
+                f"{path.resolve().as_uri()}?mode={'ro' if self.readonly else 'rwc'}",
+                uri=True,
+                isolation_level=None,  # we issue BEGIN/COMMIT ourselves
+                check_same_thread=False,  # guarded by self._lock
+                timeout=BUSY_TIMEOUT_MS / 1000,
+            )
+        except sqlite3.Error as exc:
+            raise StoreNotWritable(f"cannot open the store {path}: {exc}", path) from exc
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            if not self.readonly:
+                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                if str(mode).lower() != "wal":
+                    raise StoreNotWritable(f"cannot switch the store {path} to WAL mode (got {mode})", path)
+                conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("PRAGMA cache_size = -32000")  # 32 MB: index pages stay hot at 1M spans
+            check_schema(conn, path, create=not self.readonly)
+        except StoreError:
+            conn.close()
+            raise
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise _classify(exc, path) from exc
+        return conn
+
+    # -- writing -------------------------------------------------------------------------------
+    def write(self, spans: Sequence[ReadableSpan]) -> None:
+        """Store a batch of finished spans in one transaction; spans already stored are skipped."""
+        if not spans:
+            return
+        rows, resources, sessions = self._encoder.encode(spans)
+        with self._lock:
+            conn = self._conn
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    if resources:
+                        conn.executemany(_INSERT_RESOURCE, resources)
+                    conn.executemany(_INSERT_SPAN, rows)
+                    if sessions:
+                        conn.executemany(_UPSERT_SESSION, sessions)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.DatabaseError as exc:
+                raise _classify(exc, self.path) from exc
+
+    # -- reading -------------------------------------------------------------------------------
+    def sessions(self, limit: int = 20) -> list[SessionSummary]:
+        """The most recent sessions, newest (latest ending) first."""
+        rows = self._query(_SESSIONS, (limit,))
+        return [
+            SessionSummary(
+                session_id=row[0],
+                first_start_ns=row[1],
+                last_end_ns=row[2],
+                span_count=row[3],
+                error_count=row[4],
+                user_id=row[5],
+                trigger_source=row[6],
+                root_name=row[7],
+                services=tuple(json.loads(row[8])),
+            )
+            for row in rows
+        ]
+
+    def session_spans(self, session_id: str) -> list[StoredSpan]:
+        """Every span of every trace that has a span of ``session_id``, by start time."""
+        return [_stored(row) for row in self._query(_SESSION_SPANS, (session_id.lower(),))]
+
+    def span_count(self) -> int:
+        return int(self._query("SELECT count(*) FROM spans", ())[0][0])
+
+    def _query(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
+        with self._lock:
+            try:
+                return self._conn.execute(sql, params).fetchall()
+            except sqlite3.DatabaseError as exc:
+                raise _classify(exc, self.path) from exc
+
+    # -- closing -------------------------------------------------------------------------------
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> SpanStore:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"SpanStore({str(self.path)!r})"
+
+
+def _check_writable(path: Path) -> None:
+    """Fail early, with a plain reason, where SQLite would only say 'unable to open'."""
+    directory = path.parent
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreNotWritable(f"cannot create the store directory {directory}: {exc.strerror or exc}", path) from exc
+    if path.exists() and not os.access(path, os.W_OK):
+        raise StoreNotWritable(f"the store file is read-only: {path}", path)
+    # WAL needs to create the -wal and -shm files beside the store.
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise StoreNotWritable(f"the store directory is not writable: {directory}", path)
+
+
+def _classify(exc: sqlite3.DatabaseError, path: Path) -> StoreError:
+    message = str(exc)
+    lowered = message.lower()
+    if "readonly" in lowered or "read-only" in lowered or "unable to open" in lowered:
+        return StoreNotWritable(f"cannot write the store {path}: {message}", path)
+    if isinstance(exc, sqlite3.OperationalError) and "locked" in lowered:
+        return StoreError(f"the store {path} stayed locked by another process: {message}", path)
+    if isinstance(exc, sqlite3.OperationalError) and "no such" not in lowered:
+        return StoreError(f"cannot use the store {path}: {message}", path)
+    return not_a_store(path)
+
+
+def _stored(row: tuple[Any, ...]) -> StoredSpan:
+    events = json.loads(row[12]) if row[12] else ()
+    links = json.loads(row[13]) if row[13] else ()
+    kind = row[4]
+    status = row[7]
+    return StoredSpan(
+        trace_id=row[0],
+        span_id=row[1],
+        parent_span_id=row[2],
+        name=row[3],
+        kind=_KINDS[kind] if 0 <= kind < len(_KINDS) else str(kind),
+        start_ns=row[5],
+        end_ns=row[6],
+        status_code=_STATUSES[status] if 0 <= status < len(_STATUSES) else str(status),
+        status_message=row[8],
+        service_name=row[9],
+        session_id=row[10],
+        attributes=json.loads(row[11]),
+        events=tuple(StoredEvent(e["name"], e["time_ns"], e["attributes"]) for e in events),
+        links=tuple(StoredLink(k["trace_id"], k["span_id"], k["attributes"]) for k in links),
+        resource=json.loads(row[14]) if row[14] else {},
+        scope_name=row[15],
+    )
