@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -11,6 +13,7 @@ import tempfile
 import textwrap
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan
@@ -337,25 +340,32 @@ class TestBrokenStores:
         blocker.write_text("")
         self._assert_falls_back(blocker / "spans.sqlite3", private_tmp, caplog)
 
-    @pytest.mark.skipif(IS_ROOT, reason="root can write a read-only directory")
-    def test_exporter_falls_back_when_directory_is_read_only(
-        self, tmp_path: Path, private_tmp: Path, caplog: pytest.LogCaptureFixture
-    ) -> None:
-        locked = tmp_path / "locked"
-        locked.mkdir()
-        locked.chmod(0o500)
+    @pytest.mark.parametrize("locked", ["directory", "file"])
+    def test_exporter_falls_back_when_read_only(self, locked: str) -> None:
+        # Permissions do not stop root, so the writer runs as an unprivileged user when we are root.
+        base = Path(tempfile.mkdtemp(prefix="sessiontrace-ro-"))
         try:
-            self._assert_falls_back(locked / "spans.sqlite3", private_tmp, caplog)
+            base.chmod(0o755)
+            fallback_tmp = base / "tmp"
+            fallback_tmp.mkdir(mode=0o777)
+            fallback_tmp.chmod(0o777)
+            if locked == "directory":
+                wanted = base / "locked" / "spans.sqlite3"
+                wanted.parent.mkdir()
+                wanted.parent.chmod(0o555)
+            else:
+                wanted = base / "spans.sqlite3"
+                SpanStore(wanted).close()
+                wanted.chmod(0o444)
+            report = _export_unprivileged(wanted, fallback_tmp)
+            assert report["results"] == ["SUCCESS", "SUCCESS"]
+            assert report["warnings"] == 1
+            assert str(wanted) in report["message"]
+            assert report["fallback"].startswith(str(fallback_tmp))
+            with SpanStore(Path(report["fallback"]), readonly=True) as store:
+                assert store.span_count() == 2  # both batches carry the same two span ids
         finally:
-            locked.chmod(0o700)
-
-    @pytest.mark.skipif(IS_ROOT, reason="root can write a read-only file")
-    def test_exporter_falls_back_when_file_is_read_only(
-        self, store_path: Path, private_tmp: Path, caplog: pytest.LogCaptureFixture
-    ) -> None:
-        SpanStore(store_path).close()
-        store_path.chmod(0o400)
-        self._assert_falls_back(store_path, private_tmp, caplog)
+            shutil.rmtree(base, ignore_errors=True)
 
     def test_unwritable_path_is_reported_to_writers(self, tmp_path: Path) -> None:
         blocker = tmp_path / "not-a-dir"
@@ -401,3 +411,33 @@ class TestBrokenStores:
         assert str(fallback) in warnings[0]
         with SpanStore(fallback, readonly=True) as store:
             assert store.span_count() == 2  # the second batch repeats the same span ids
+
+
+def _unprivileged_writer(wanted: Path, fallback_tmp: Path, conn: Any) -> None:
+    """Runs in a forked child: drop to nobody (when root), export two batches, report back."""
+    if IS_ROOT:
+        os.setgid(65534)
+        os.setuid(65534)
+    tempfile.tempdir = str(fallback_tmp)
+    messages: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: messages.append(record.getMessage())  # type: ignore[method-assign]
+    logging.getLogger("sessiontrace.store").addHandler(handler)
+    exporter = StoreSpanExporter(wanted)
+    results = [exporter.export(_spans(2, start=1 + batch * 100)).name for batch in range(2)]
+    exporter.shutdown()
+    conn.send({"results": results, "warnings": len(messages), "message": " ".join(messages),
+               "fallback": str(fallback_store_path())})  # fmt: skip
+
+
+def _export_unprivileged(wanted: Path, fallback_tmp: Path) -> dict[str, Any]:
+    """Export to ``wanted`` from a forked child that cannot write it (fork: no exec, so the
+    child needs no access to the interpreter's files)."""
+    context = multiprocessing.get_context("fork")
+    receiver, sender = context.Pipe(duplex=False)
+    child = context.Process(target=_unprivileged_writer, args=(wanted, fallback_tmp, sender))
+    child.start()
+    child.join(timeout=60)
+    assert child.exitcode == 0, f"writer exited with {child.exitcode}"
+    report: dict[str, Any] = receiver.recv()
+    return report
