@@ -25,4 +25,5 @@ class SessionTraceConfigurator(_BaseConfigurator):
     def _configure(self, **kwargs: Any) -> None:
         from sessiontrace.config import configure
 
-        configure()
+        # opentelemetry-instrument loads the threading instrumentor through its own entry point.
+        configure(instrument_threads=False)

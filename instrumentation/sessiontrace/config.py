@@ -20,6 +20,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
+from sessiontrace._log import warn_once
 from sessiontrace.policy import PRIVATE, InboundPolicy, OutboundPolicy, parse_networks
 from sessiontrace.processors import SessionLogRecordProcessor, SessionSpanProcessor, install_log_record_factory
 from sessiontrace.propagation import SessionPropagator, session_propagator
@@ -129,11 +130,16 @@ def configure(
     env = os.environ if environ is None else environ
     read = _Reader(env)
 
-    inbound = inbound or InboundPolicy(
-        signing_key=read.text("SESSIONTRACE_SIGNING_KEY").encode() or None,
-        require_signature=read.flag("SESSIONTRACE_REQUIRE_SIGNATURE"),
-        trusted_peers=read.parsed("SESSIONTRACE_TRUSTED_PEERS", lambda v: parse_networks(_split(v))),
-    )
+    if inbound is None:
+        signing_key = read.text("SESSIONTRACE_SIGNING_KEY").encode() or None
+        require_signature = read.flag("SESSIONTRACE_REQUIRE_SIGNATURE")
+        if require_signature and not signing_key:
+            raise ConfigError("SESSIONTRACE_REQUIRE_SIGNATURE is true but SESSIONTRACE_SIGNING_KEY is not set")
+        inbound = InboundPolicy(
+            signing_key=signing_key,
+            require_signature=require_signature,
+            trusted_peers=read.parsed("SESSIONTRACE_TRUSTED_PEERS", lambda v: parse_networks(_split(v))),
+        )
     outbound = outbound or read.parsed("SESSIONTRACE_BAGGAGE_HOSTS", lambda v: OutboundPolicy(tuple(_split(v))))
     jaeger = read.flag("SESSIONTRACE_JAEGER_PROPAGATION") if jaeger_propagation is None else jaeger_propagation
     stamp_logs = read.flag("SESSIONTRACE_STAMP_LOGS") if stamp_logs is None else stamp_logs
@@ -143,11 +149,17 @@ def configure(
     if kind == "auto":
         has_endpoint = env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
         kind = "otlp" if has_endpoint else "store"
+    protocol = _otlp_protocol(env) if kind == "otlp" else None  # validated before anything changes
     path = Path(store_path) if store_path is not None else _store_path(env)
 
     with _lock:
         propagator = session_propagator(inbound, outbound, jaeger=jaeger)
         propagate.set_global_textmap(propagator)
+        if "baggage" not in propagator.fields:
+            warn_once(
+                "config:no-baggage",
+                "sessiontrace: OTEL_PROPAGATORS has no 'baggage': sessions will not cross process boundaries",
+            )
 
         if read.flag("OTEL_SDK_DISABLED", default="false"):
             _configured = Configuration(None, "none", None, propagator, reused_provider=False)
@@ -157,7 +169,9 @@ def configure(
         if not _has_processor(provider, SessionSpanProcessor):
             provider.add_span_processor(SessionSpanProcessor())
         if (not reused or explicit_exporter) and kind != "none" and not _exports(provider):
-            provider.add_span_processor(_Exporting(_exporter(kind, path, env)))
+            provider.add_span_processor(_Exporting(_exporter(kind, path, protocol)))
+        if not _exports(provider):
+            kind = "none"  # a reused provider keeps only the application's exporters: report that
         if not reused:
             trace.set_tracer_provider(provider)
 
@@ -188,23 +202,27 @@ def _provider(given: TracerProvider | None, service_name: str | None) -> tuple[T
     return TracerProvider(resource=resource), False
 
 
-def _exporter(kind: ExporterKind, path: Path, env: Mapping[str, str]) -> SpanExporter:
+def _otlp_protocol(env: Mapping[str, str]) -> str:
+    protocol = (
+        env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "http/protobuf"
+    )
+    if protocol not in ("grpc", "http/protobuf"):
+        raise ConfigError(f"OTEL_EXPORTER_OTLP_PROTOCOL must be grpc or http/protobuf, got {protocol!r}")
+    return protocol
+
+
+def _exporter(kind: ExporterKind, path: Path, protocol: str | None) -> SpanExporter:
     if kind == "store":
         from sessiontrace.store import StoreSpanExporter
 
         return StoreSpanExporter(path)
-    protocol = (
-        env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "http/protobuf"
-    )
     if protocol == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
 
         return GrpcExporter()
-    if protocol == "http/protobuf":
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
 
-        return HttpExporter()
-    raise ConfigError(f"OTEL_EXPORTER_OTLP_PROTOCOL must be grpc or http/protobuf, got {protocol!r}")
+    return HttpExporter()
 
 
 def _processors(provider: TracerProvider) -> tuple[Any, ...]:
@@ -229,9 +247,19 @@ def _stamp_otel_logs() -> None:
         return
     provider = _logs.get_logger_provider()
     if isinstance(provider, LoggerProvider):
-        processors = getattr(getattr(provider, "_multi_log_record_processor", None), "_log_record_processors", ())
+        multi = getattr(provider, "_multi_log_record_processor", None)
+        processors = getattr(multi, "_log_record_processors", ())
         if not any(isinstance(p, SessionLogRecordProcessor) for p in processors):
-            provider.add_log_record_processor(SessionLogRecordProcessor())  # type: ignore[arg-type]
+            ours = SessionLogRecordProcessor()
+            lock = getattr(multi, "_lock", None)
+            if lock is not None and isinstance(processors, tuple):
+                # First, not last: a span is stamped at start and exported at end, but a log record
+                # is exported inside the same on_emit pass, so the application's exporting
+                # processors (added before configure()) would otherwise send it unstamped.
+                with lock:
+                    multi._log_record_processors = (ours, *multi._log_record_processors)  # type: ignore[union-attr]
+            else:
+                provider.add_log_record_processor(ours)  # type: ignore[arg-type]
 
 
 def _instrument_threads() -> None:

@@ -9,6 +9,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from opentelemetry import context as otel_context
+from opentelemetry.context import Context
+
 from sessiontrace import semconv
 from sessiontrace.integrations._inbound import InboundSession, request_trigger
 
@@ -55,29 +58,41 @@ class SessionMiddleware:
 
         try:
             body = self.app(environ, start)
+            context = otel_context.get_current()
         except BaseException as error:
             inbound.__exit__(type(error), error, error.__traceback__)
             raise
-        # The body may be produced lazily: the session stays current until the server closes it.
-        return _ClosingBody(body, inbound)
+        # Leave the scope now, while attach/detach still nest with the outer middleware's: a
+        # scope held until close() would restore a stale context into the server's next request.
+        inbound.__exit__(None, None, None)
+        return _BodyInContext(body, context)
 
 
-class _ClosingBody:
-    def __init__(self, body: Iterable[bytes], inbound: InboundSession) -> None:
+class _BodyInContext:
+    """A lazy body produces each chunk inside the request's context (session included), although
+    the server iterates it after ``__call__`` returned and outer middleware reset the context."""
+
+    def __init__(self, body: Iterable[bytes], context: Context) -> None:
         self._body = body
-        self._inbound = inbound
-        self._closed = False
+        self._context = context
 
     def __iter__(self) -> Iterator[bytes]:
-        return iter(self._body)
+        iterator = iter(self._body)
+        while True:
+            token = otel_context.attach(self._context)
+            try:
+                chunk = next(iterator)
+            except StopIteration:
+                return
+            finally:
+                otel_context.detach(token)
+            yield chunk
 
     def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        try:
-            close = getattr(self._body, "close", None)
-            if close is not None:
+        close = getattr(self._body, "close", None)
+        if close is not None:
+            token = otel_context.attach(self._context)
+            try:
                 close()
-        finally:
-            self._inbound.__exit__(None, None, None)
+            finally:
+                otel_context.detach(token)
