@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from types import TracebackType
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -15,6 +15,8 @@ from sessiontrace import _values
 from sessiontrace.context import Session, SessionScope, current_session, make_session
 from sessiontrace.processors import stamp
 from sessiontrace.propagation import extract
+
+App = TypeVar("App")
 
 _UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
@@ -84,3 +86,18 @@ def join_header(existing: str | None, value: str) -> str:
 
 def as_text(value: Any) -> str:
     return value.decode("latin-1") if isinstance(value, (bytes, bytearray)) else str(value)
+
+
+class InboundMiddleware(Generic[App]):
+    """Options shared by the ASGI and WSGI ``SessionMiddleware``: continue the caller's session
+    (through the inbound policy) or mint one with ``trigger_source``, and echo its id in the
+    ``x-session-id`` response header."""
+
+    def __init__(
+        self, app: App, *, trigger_source: str = "api", mint: bool = True, response_header: bool = True
+    ) -> None:
+        self.app = app
+        # Checked here, so a typo fails at startup rather than in every request.
+        self.trigger_source = _values.trigger_source(trigger_source)
+        self.mint = mint
+        self.response_header = response_header

@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from sessiontrace import semconv
-from sessiontrace.integrations._inbound import InboundSession, as_text, join_header, request_trigger
+from sessiontrace.integrations._inbound import InboundMiddleware, InboundSession, as_text, join_header, request_trigger
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -19,22 +19,8 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
-class SessionMiddleware:
-    """Continue the caller's session (through the inbound policy) or mint one, and echo its id
-    in the ``x-session-id`` response header."""
-
-    def __init__(
-        self,
-        app: ASGIApp,
-        *,
-        trigger_source: str = "api",
-        mint: bool = True,
-        response_header: bool = True,
-    ) -> None:
-        self.app = app
-        self.trigger_source = trigger_source
-        self.mint = mint
-        self.response_header = response_header
+class SessionMiddleware(InboundMiddleware[ASGIApp]):
+    __doc__ = InboundMiddleware.__doc__
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope.get("type") not in ("http", "websocket"):

@@ -13,28 +13,14 @@ from opentelemetry import context as otel_context
 from opentelemetry.context import Context
 
 from sessiontrace import semconv
-from sessiontrace.integrations._inbound import InboundSession, request_trigger
+from sessiontrace.integrations._inbound import InboundMiddleware, InboundSession, request_trigger
 
 StartResponse = Callable[..., Any]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 
 
-class SessionMiddleware:
-    """Continue the caller's session (through the inbound policy) or mint one, and echo its id
-    in the ``x-session-id`` response header."""
-
-    def __init__(
-        self,
-        app: WSGIApp,
-        *,
-        trigger_source: str = "api",
-        mint: bool = True,
-        response_header: bool = True,
-    ) -> None:
-        self.app = app
-        self.trigger_source = trigger_source
-        self.mint = mint
-        self.response_header = response_header
+class SessionMiddleware(InboundMiddleware[WSGIApp]):
+    __doc__ = InboundMiddleware.__doc__
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         headers = {
