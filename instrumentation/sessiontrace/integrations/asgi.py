@@ -20,7 +20,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 class SessionMiddleware(InboundMiddleware[ASGIApp]):
-    __doc__ = InboundMiddleware.__doc__
+    """Every HTTP request runs in a session; options as in ``InboundMiddleware``."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope.get("type") not in ("http", "websocket"):

@@ -20,7 +20,7 @@ WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 
 
 class SessionMiddleware(InboundMiddleware[WSGIApp]):
-    __doc__ = InboundMiddleware.__doc__
+    """Every HTTP request runs in a session; options as in ``InboundMiddleware``."""
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         headers = {
