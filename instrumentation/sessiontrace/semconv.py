@@ -68,6 +68,85 @@ FOREIGN_SESSION_BAGGAGE_KEYS: Final = (
 )
 """Session ids other tools write; accepted inbound (when well formed) as ``session.id``."""
 
+# --- workflows ----------------------------------------------------------------------------------
+# Aligned with the open semantic-conventions proposal for ``workflow.*`` (PR #2387, development):
+# a run is an "execution", a step is a "task run". What the proposal lacks lives under
+# ``sessiontrace.workflow.*`` (provisional).
+WORKFLOW_NAME: Final = "workflow.name"
+"""Name of the workflow (``claims-triage``)."""
+WORKFLOW_RUN_ID: Final = "workflow.execution.id"
+"""One run of the workflow, shared by all of its steps, in every process."""
+WORKFLOW_RESULT: Final = "workflow.execution.result"
+"""How the run ended: ``success``, ``failure``, ``cancellation``."""
+WORKFLOW_TRIGGER_TYPE: Final = "workflow.trigger.type"
+"""What started the run (the session's trigger source: ``api``, ``schedule``...)."""
+WORKFLOW_TRIGGER_NAME: Final = "workflow.trigger.name"
+"""Detail of the trigger (the session's trigger type: ``POST /claims``)."""
+STEP_NAME: Final = "workflow.task.name"
+"""Name of the step."""
+STEP_ID: Final = "workflow.task.id"
+"""Stable id of the step within its workflow definition."""
+STEP_RESULT: Final = "workflow.task.run.result"
+"""How the step attempt ended: ``success``, ``failure``, ``cancellation``."""
+STEP_INDEX: Final = "sessiontrace.workflow.step.index"
+"""Position of the step in its run, from 0. Provisional."""
+STEP_ATTEMPT: Final = "sessiontrace.workflow.step.attempt"
+"""Attempt number of a retried step, from 1. Provisional."""
+WORKFLOW_STATUS: Final = "sessiontrace.workflow.status"
+"""Last status of a run or step: one of ``WORKFLOW_STATUSES``. Provisional."""
+WORKFLOW_STATUSES: Final = ("pending", "running", "waiting_for_human", "succeeded", "failed", "cancelled")
+STATUS_CHANGE_EVENT: Final = "sessiontrace.workflow.status_change"
+"""Event on a run or step span at each status change. Provisional."""
+STATUS_FROM: Final = "sessiontrace.workflow.status.from"
+STATUS_TO: Final = "sessiontrace.workflow.status.to"
+STATUS_REASON: Final = "sessiontrace.workflow.status.reason"
+ERROR_TYPE: Final = "error.type"
+"""Class of the error that ended a span (semconv, stable)."""
+
+# --- generative AI (semantic-conventions-genai, development) --------------------------------------
+GEN_AI_OPERATION_NAME: Final = "gen_ai.operation.name"
+GEN_AI_PROVIDER_NAME: Final = "gen_ai.provider.name"
+GEN_AI_REQUEST_MODEL: Final = "gen_ai.request.model"
+GEN_AI_REQUEST_TEMPERATURE: Final = "gen_ai.request.temperature"
+GEN_AI_REQUEST_TOP_P: Final = "gen_ai.request.top_p"
+GEN_AI_REQUEST_MAX_TOKENS: Final = "gen_ai.request.max_tokens"
+GEN_AI_REQUEST_SEED: Final = "gen_ai.request.seed"
+GEN_AI_REQUEST_STOP_SEQUENCES: Final = "gen_ai.request.stop_sequences"
+GEN_AI_REQUEST_FREQUENCY_PENALTY: Final = "gen_ai.request.frequency_penalty"
+GEN_AI_REQUEST_PRESENCE_PENALTY: Final = "gen_ai.request.presence_penalty"
+GEN_AI_REQUEST_CHOICE_COUNT: Final = "gen_ai.request.choice.count"
+GEN_AI_RESPONSE_MODEL: Final = "gen_ai.response.model"
+GEN_AI_RESPONSE_ID: Final = "gen_ai.response.id"
+GEN_AI_RESPONSE_FINISH_REASONS: Final = "gen_ai.response.finish_reasons"
+GEN_AI_USAGE_INPUT_TOKENS: Final = "gen_ai.usage.input_tokens"
+GEN_AI_USAGE_OUTPUT_TOKENS: Final = "gen_ai.usage.output_tokens"
+GEN_AI_CONVERSATION_ID: Final = "gen_ai.conversation.id"
+GEN_AI_OUTPUT_TYPE: Final = "gen_ai.output.type"
+GEN_AI_SYSTEM_INSTRUCTIONS: Final = "gen_ai.system_instructions"
+"""Opt-in content: the system prompt, JSON."""
+GEN_AI_INPUT_MESSAGES: Final = "gen_ai.input.messages"
+"""Opt-in content: the prompt messages, JSON in the semconv message shape."""
+GEN_AI_OUTPUT_MESSAGES: Final = "gen_ai.output.messages"
+"""Opt-in content: the answer messages, JSON in the semconv message shape."""
+GEN_AI_TOOL_NAME: Final = "gen_ai.tool.name"
+GEN_AI_EVALUATION_EVENT: Final = "gen_ai.evaluation.result"
+GEN_AI_EVALUATION_NAME: Final = "gen_ai.evaluation.name"
+GEN_AI_EVALUATION_SCORE_VALUE: Final = "gen_ai.evaluation.score.value"
+GEN_AI_EVALUATION_SCORE_LABEL: Final = "gen_ai.evaluation.score.label"
+GEN_AI_EVALUATION_EXPLANATION: Final = "gen_ai.evaluation.explanation"
+GEN_AI_TIME_TO_FIRST_CHUNK: Final = "sessiontrace.gen_ai.time_to_first_chunk"
+"""Seconds from request to the first streamed chunk. Provisional (semconv has it as a metric only)."""
+GEN_AI_CONFIDENCE: Final = "sessiontrace.gen_ai.confidence"
+"""Latest confidence score in [0, 1] on the AI span, for search. Provisional."""
+GEN_AI_REVIEW_SPAN: Final = "gen_ai.review"
+"""Span of a human review (approve / override) linked to the AI call it judges. Provisional."""
+GEN_AI_REVIEW_DECISION: Final = "sessiontrace.gen_ai.review.decision"
+"""``approve`` or ``override``. Provisional."""
+GEN_AI_REVIEWER: Final = "sessiontrace.gen_ai.review.reviewer"
+"""Who reviewed (a user id). Provisional."""
+CAPTURE_CONTENT_ENV: Final = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
+"""Environment variable that turns prompt/answer capture on (semconv-genai convention)."""
+
 # --- headers -------------------------------------------------------------------------------------
 SESSION_RESPONSE_HEADER: Final = "x-session-id"
 """Response header our inbound middleware sets, so a caller (or a support ticket) can quote the id."""
@@ -96,4 +175,71 @@ NAMES: Final = (
     Name(SESSION_START_EVENT, "event", "semconv (development)", "a session id was minted"),
     Name(SESSION_END_EVENT, "event", "semconv (development)", "the activity that minted it ended"),
     Name(SESSION_RESPONSE_HEADER, "header", "provisional", "session id echoed to the caller"),
+    Name(WORKFLOW_NAME, "attribute", "semconv proposal (PR #2387)", "workflow name"),
+    Name(WORKFLOW_RUN_ID, "attribute", "semconv proposal (PR #2387)", "one run of a workflow"),
+    Name(WORKFLOW_RESULT, "attribute", "semconv proposal (PR #2387)", "success, failure, cancellation"),
+    Name(WORKFLOW_TRIGGER_TYPE, "attribute", "semconv proposal (PR #2387)", "what started the run"),
+    Name(WORKFLOW_TRIGGER_NAME, "attribute", "semconv proposal (PR #2387)", "detail of the trigger"),
+    Name(STEP_NAME, "attribute", "semconv proposal (PR #2387)", "step name"),
+    Name(STEP_ID, "attribute", "semconv proposal (PR #2387)", "step id"),
+    Name(STEP_RESULT, "attribute", "semconv proposal (PR #2387)", "how a step attempt ended"),
+    Name(STEP_INDEX, "attribute", "provisional", "position of the step in its run"),
+    Name(STEP_ATTEMPT, "attribute", "provisional", "attempt number, from 1"),
+    Name(WORKFLOW_STATUS, "attribute", "provisional", "last status of a run or step"),
+    Name(STATUS_CHANGE_EVENT, "event", "provisional", "a status change, with from, to, reason"),
+    Name(STATUS_FROM, "event attribute", "provisional", "status before"),
+    Name(STATUS_TO, "event attribute", "provisional", "status after"),
+    Name(STATUS_REASON, "event attribute", "provisional", "why it changed"),
+    Name(ERROR_TYPE, "attribute", "semconv (stable)", "class of the error"),
+    Name(GEN_AI_OPERATION_NAME, "attribute", "semconv-genai", "chat, text_completion, embeddings..."),
+    Name(GEN_AI_PROVIDER_NAME, "attribute", "semconv-genai", "openai, anthropic, local..."),
+    Name(GEN_AI_REQUEST_MODEL, "attribute", "semconv-genai", "model asked for"),
+    Name(GEN_AI_REQUEST_TEMPERATURE, "attribute", "semconv-genai", "request setting"),
+    Name(GEN_AI_REQUEST_TOP_P, "attribute", "semconv-genai", "request setting"),
+    Name(GEN_AI_REQUEST_MAX_TOKENS, "attribute", "semconv-genai", "request setting"),
+    Name(GEN_AI_REQUEST_SEED, "attribute", "semconv-genai", "request setting"),
+    Name(GEN_AI_REQUEST_STOP_SEQUENCES, "attribute", "semconv-genai", "request setting"),
+    Name(GEN_AI_REQUEST_FREQUENCY_PENALTY, "attribute", "semconv-genai", "request setting"),
+    Name(GEN_AI_REQUEST_PRESENCE_PENALTY, "attribute", "semconv-genai", "request setting"),
+    Name(GEN_AI_REQUEST_CHOICE_COUNT, "attribute", "semconv-genai", "request setting"),
+    Name(GEN_AI_RESPONSE_MODEL, "attribute", "semconv-genai", "model that answered"),
+    Name(GEN_AI_RESPONSE_ID, "attribute", "semconv-genai", "provider's response id"),
+    Name(GEN_AI_RESPONSE_FINISH_REASONS, "attribute", "semconv-genai", "why generation stopped"),
+    Name(GEN_AI_USAGE_INPUT_TOKENS, "attribute", "semconv-genai", "prompt tokens"),
+    Name(GEN_AI_USAGE_OUTPUT_TOKENS, "attribute", "semconv-genai", "answer tokens"),
+    Name(GEN_AI_CONVERSATION_ID, "attribute", "semconv-genai", "conversation id"),
+    Name(GEN_AI_OUTPUT_TYPE, "attribute", "semconv-genai", "text, json..."),
+    Name(GEN_AI_SYSTEM_INSTRUCTIONS, "attribute (opt-in)", "semconv-genai", "system prompt"),
+    Name(GEN_AI_INPUT_MESSAGES, "attribute (opt-in)", "semconv-genai", "prompt messages"),
+    Name(GEN_AI_OUTPUT_MESSAGES, "attribute (opt-in)", "semconv-genai", "answer messages"),
+    Name(GEN_AI_TOOL_NAME, "attribute", "semconv-genai", "tool called"),
+    Name(GEN_AI_EVALUATION_EVENT, "event", "semconv-genai", "a confidence or evaluation"),
+    Name(GEN_AI_EVALUATION_NAME, "event attribute", "semconv-genai", "what was evaluated"),
+    Name(GEN_AI_EVALUATION_SCORE_VALUE, "event attribute", "semconv-genai", "score"),
+    Name(GEN_AI_EVALUATION_SCORE_LABEL, "event attribute", "semconv-genai", "label"),
+    Name(GEN_AI_EVALUATION_EXPLANATION, "event attribute", "semconv-genai", "why"),
+    Name(GEN_AI_TIME_TO_FIRST_CHUNK, "attribute", "provisional", "seconds to the first streamed chunk"),
+    Name(GEN_AI_CONFIDENCE, "attribute", "provisional", "latest confidence on the AI span"),
+    Name(GEN_AI_REVIEW_SPAN, "span", "provisional", "a human review of an AI call"),
+    Name(GEN_AI_REVIEW_DECISION, "attribute", "provisional", "approve or override"),
+    Name(GEN_AI_REVIEWER, "attribute", "provisional", "who reviewed"),
+    Name(CAPTURE_CONTENT_ENV, "environment variable", "semconv-genai", "turns content capture on"),
 )
+
+
+def names_markdown() -> str:
+    """``docs/names.md``: the table above as Markdown (a test keeps the file in step)."""
+    lines = [
+        "# Names on the wire",
+        "",
+        "Generated from `sessiontrace/semconv.py` by `python -m sessiontrace.semconv`; do not edit by hand.",
+        "",
+        "| name | kind | status | meaning |",
+        "| --- | --- | --- | --- |",
+    ]
+    lines += [f"| `{n.name}` | {n.kind} | {n.status} | {n.doc} |" for n in NAMES]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(names_markdown(), end="")

@@ -1,0 +1,181 @@
+"""``ai_call()``: one call to any model (remote or local) as a GenAI client span.
+
+Span name ``{operation} {model}``, kind CLIENT, attributes from the GenAI semantic conventions.
+The provider instrumentors (OpenAI, Anthropic) build on the same ``AICall`` so every AI span looks
+alike wherever it came from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from types import TracebackType
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+
+from sessiontrace import semconv
+from sessiontrace._version import __version__
+from sessiontrace.ai import content
+from sessiontrace.ai.confidence import record_confidence
+
+_tracer = trace.get_tracer("sessiontrace.ai", __version__)
+
+# Request settings with a GenAI attribute of their own; other settings are ignored.
+REQUEST_ATTRIBUTES: Mapping[str, str] = {
+    "temperature": semconv.GEN_AI_REQUEST_TEMPERATURE,
+    "top_p": semconv.GEN_AI_REQUEST_TOP_P,
+    "max_tokens": semconv.GEN_AI_REQUEST_MAX_TOKENS,
+    "max_completion_tokens": semconv.GEN_AI_REQUEST_MAX_TOKENS,
+    "seed": semconv.GEN_AI_REQUEST_SEED,
+    "stop": semconv.GEN_AI_REQUEST_STOP_SEQUENCES,
+    "stop_sequences": semconv.GEN_AI_REQUEST_STOP_SEQUENCES,
+    "frequency_penalty": semconv.GEN_AI_REQUEST_FREQUENCY_PENALTY,
+    "presence_penalty": semconv.GEN_AI_REQUEST_PRESENCE_PENALTY,
+    "n": semconv.GEN_AI_REQUEST_CHOICE_COUNT,
+}
+
+
+class AICall:
+    """The scope of one model call; use through ``ai_call()``. Record what comes back with
+    ``record_response`` and, if known, ``record_confidence``."""
+
+    def __init__(
+        self,
+        *,
+        model: str,
+        provider: str,
+        operation: str,
+        conversation_id: str | None,
+        settings: Mapping[str, Any] | None,
+        input_messages: Sequence[Mapping[str, Any]] | None,
+        system_instructions: str | Sequence[Mapping[str, Any]] | None,
+    ) -> None:
+        attributes: dict[str, Any] = {
+            semconv.GEN_AI_OPERATION_NAME: operation,
+            semconv.GEN_AI_PROVIDER_NAME: provider,
+            semconv.GEN_AI_REQUEST_MODEL: model,
+        }
+        if conversation_id:
+            attributes[semconv.GEN_AI_CONVERSATION_ID] = conversation_id
+        attributes.update(request_attributes(settings or {}))
+        if content.capture_content():
+            if input_messages is not None:
+                attributes[semconv.GEN_AI_INPUT_MESSAGES] = content.messages_json(input_messages)
+            if system_instructions is not None:
+                parts = (
+                    [{"type": "text", "content": system_instructions}]
+                    if isinstance(system_instructions, str)
+                    else system_instructions
+                )
+                attributes[semconv.GEN_AI_SYSTEM_INSTRUCTIONS] = content.messages_json(parts)
+        self._name = f"{operation} {model}"
+        self._attributes = attributes
+        self._cm: Any = None
+        self.span: Span = trace.INVALID_SPAN
+
+    def __enter__(self) -> AICall:
+        self._cm = _tracer.start_as_current_span(
+            self._name,
+            kind=SpanKind.CLIENT,
+            attributes=self._attributes,
+            record_exception=True,
+            set_status_on_exception=True,
+        )
+        self.span = self._cm.__enter__()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc is not None and self.span.is_recording():
+            self.span.set_attribute(semconv.ERROR_TYPE, type(exc).__qualname__)
+        self._cm.__exit__(exc_type, exc, tb)
+
+    def record_response(
+        self,
+        *,
+        model: str | None = None,
+        response_id: str | None = None,
+        finish_reasons: Iterable[str] | None = None,
+        input_tokens: int | None = None,
+        output_tokens: int | None = None,
+        output_messages: Sequence[Mapping[str, Any]] | None = None,
+    ) -> None:
+        """What the model answered. Unknown values are left out, never recorded as empty."""
+        span = self.span
+        if model:
+            span.set_attribute(semconv.GEN_AI_RESPONSE_MODEL, model)
+        if response_id:
+            span.set_attribute(semconv.GEN_AI_RESPONSE_ID, response_id)
+        if finish_reasons:
+            span.set_attribute(semconv.GEN_AI_RESPONSE_FINISH_REASONS, [str(r) for r in finish_reasons])
+        if input_tokens is not None:
+            span.set_attribute(semconv.GEN_AI_USAGE_INPUT_TOKENS, int(input_tokens))
+        if output_tokens is not None:
+            span.set_attribute(semconv.GEN_AI_USAGE_OUTPUT_TOKENS, int(output_tokens))
+        if output_messages is not None and content.capture_content():
+            span.set_attribute(semconv.GEN_AI_OUTPUT_MESSAGES, content.messages_json(output_messages))
+
+    def record_confidence(
+        self,
+        score: float,
+        label: str | None = None,
+        explanation: str | None = None,
+        *,
+        name: str = "confidence",
+    ) -> None:
+        """A confidence score in [0, 1] for this call (see ``sessiontrace.ai.record_confidence``)."""
+        record_confidence(score, label, explanation, name=name, span=self.span)
+
+    def fail(self, error_type: str, message: str | None = None) -> None:
+        """Mark the call failed without an exception (an HTTP error the caller handles itself)."""
+        self.span.set_attribute(semconv.ERROR_TYPE, error_type)
+        self.span.set_status(Status(StatusCode.ERROR, message))
+
+
+def request_attributes(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """GenAI request attributes from call settings (``temperature``, ``max_tokens``...)."""
+    attributes: dict[str, Any] = {}
+    for key, value in settings.items():
+        name = REQUEST_ATTRIBUTES.get(key)
+        if name is None or value is None:
+            continue
+        if isinstance(value, str) and name == semconv.GEN_AI_REQUEST_STOP_SEQUENCES:
+            value = [value]
+        if isinstance(value, (list, tuple)):
+            value = [str(item) for item in value]
+        elif not isinstance(value, (bool, int, float, str)):
+            continue  # a sentinel such as openai's NOT_GIVEN
+        attributes[name] = value
+    return attributes
+
+
+def ai_call(
+    *,
+    model: str,
+    provider: str = "local",
+    operation: str = "chat",
+    conversation_id: str | None = None,
+    settings: Mapping[str, Any] | None = None,
+    input_messages: Sequence[Mapping[str, Any]] | None = None,
+    system_instructions: str | Sequence[Mapping[str, Any]] | None = None,
+) -> AICall:
+    """A span around one model call: ``with ai_call(model="claims-severity-nb") as call: ...``.
+
+    ``provider`` is the ``gen_ai.provider.name`` (``openai``, ``anthropic``, or your own for a
+    local model); ``settings`` are request parameters (temperature, max_tokens...).
+    ``input_messages`` and ``system_instructions`` are recorded only when content capture is on.
+    """
+    return AICall(
+        model=model,
+        provider=provider,
+        operation=operation,
+        conversation_id=conversation_id,
+        settings=settings,
+        input_messages=input_messages,
+        system_instructions=system_instructions,
+    )

@@ -1,0 +1,93 @@
+"""Confidence, explanations and human review, as ``gen_ai.evaluation.result`` events.
+
+How a confidence is derived from token log-probabilities (``confidence_from_logprobs``): the
+geometric mean of the chosen tokens' probabilities, ``exp(mean(logprob))``. It is 1.0 when the
+model was certain of every token and falls towards 0 as any token was a guess; unlike the
+product of probabilities it does not shrink just because the answer is long.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+from opentelemetry import trace
+from opentelemetry.trace import Link, Span, SpanContext, SpanKind
+
+from sessiontrace import semconv
+from sessiontrace._version import __version__
+
+_tracer = trace.get_tracer("sessiontrace.ai", __version__)
+
+
+def record_confidence(
+    score: float,
+    label: str | None = None,
+    explanation: str | None = None,
+    *,
+    name: str = "confidence",
+    span: Span | None = None,
+) -> None:
+    """Add a ``gen_ai.evaluation.result`` event to ``span`` (default: the current span) and set
+    ``sessiontrace.gen_ai.confidence`` on it. ``ValueError`` unless 0 <= score <= 1."""
+    score = _checked_score(score)
+    target = span if span is not None else trace.get_current_span()
+    attributes: dict[str, str | float] = {
+        semconv.GEN_AI_EVALUATION_NAME: name,
+        semconv.GEN_AI_EVALUATION_SCORE_VALUE: score,
+    }
+    if label is not None:
+        attributes[semconv.GEN_AI_EVALUATION_SCORE_LABEL] = str(label)
+    if explanation is not None:
+        attributes[semconv.GEN_AI_EVALUATION_EXPLANATION] = str(explanation)
+    target.add_event(semconv.GEN_AI_EVALUATION_EVENT, attributes)
+    if name == "confidence":
+        target.set_attribute(semconv.GEN_AI_CONFIDENCE, score)
+
+
+def confidence_from_logprobs(logprobs: Iterable[float]) -> float | None:
+    """``exp(mean(logprobs))`` of the chosen tokens, or None when there are none."""
+    values = [float(value) for value in logprobs if value is not None and math.isfinite(float(value))]
+    if not values:
+        return None
+    return min(1.0, max(0.0, math.exp(sum(values) / len(values))))
+
+
+def record_review(
+    judged: SpanContext,
+    decision: str,
+    *,
+    reason: str,
+    reviewer: str | None = None,
+    label: str | None = None,
+) -> None:
+    """A human's verdict on an AI call: a ``gen_ai.review`` span linked to the judged call's span
+    (which may be in another trace, hours later), carrying an evaluation event named
+    ``human_review``. ``decision`` is ``approve`` or ``override``; ``label`` is the human's answer."""
+    if decision not in ("approve", "override"):
+        raise ValueError(f"decision must be 'approve' or 'override', got {decision!r}")
+    if not reason or not reason.strip():
+        raise ValueError("a review needs a reason")
+    attributes: dict[str, str] = {semconv.GEN_AI_REVIEW_DECISION: decision}
+    if reviewer:
+        attributes[semconv.GEN_AI_REVIEWER] = reviewer
+    with _tracer.start_as_current_span(
+        semconv.GEN_AI_REVIEW_SPAN, kind=SpanKind.INTERNAL, links=[Link(judged)], attributes=attributes
+    ) as span:
+        event: dict[str, str | float] = {
+            semconv.GEN_AI_EVALUATION_NAME: "human_review",
+            semconv.GEN_AI_EVALUATION_SCORE_VALUE: 1.0 if decision == "approve" else 0.0,
+            semconv.GEN_AI_EVALUATION_EXPLANATION: reason,
+        }
+        if label is not None:
+            event[semconv.GEN_AI_EVALUATION_SCORE_LABEL] = label
+        span.add_event(semconv.GEN_AI_EVALUATION_EVENT, event)
+
+
+def _checked_score(score: float) -> float:
+    if isinstance(score, bool) or not isinstance(score, (int, float)):
+        raise ValueError(f"confidence must be a number in [0, 1], got {score!r}")
+    value = float(score)
+    if not (0.0 <= value <= 1.0):  # also rejects NaN
+        raise ValueError(f"confidence must be in [0, 1], got {score!r}")
+    return value
