@@ -147,6 +147,32 @@ GEN_AI_REVIEWER: Final = "sessiontrace.gen_ai.review.reviewer"
 CAPTURE_CONTENT_ENV: Final = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
 """Environment variable that turns prompt/answer capture on (semconv-genai convention)."""
 
+# --- database changes ------------------------------------------------------------------------------
+DB_CHANGE_EVENT: Final = "sessiontrace.db.change"
+"""Span event for one audited record change. Provisional."""
+DB_SYSTEM_NAME: Final = "db.system.name"
+"""``postgresql``, ``sqlite`` (semconv)."""
+DB_COLLECTION_NAME: Final = "db.collection.name"
+"""The table changed (semconv)."""
+DB_RECORD_ID: Final = "sessiontrace.db.record_id"
+"""Canonical JSON of the changed record's primary key. Provisional."""
+DB_CHANGE_TYPE: Final = "sessiontrace.db.change_type"
+"""``insert``, ``update`` or ``delete``. Provisional."""
+DB_CHANGED_FIELDS: Final = "sessiontrace.db.changed_fields"
+"""Names of the columns that changed. Provisional."""
+DB_PREVIOUS_VALUES: Final = "sessiontrace.db.previous_values"
+"""Opt-in: JSON of the values before the change (after masking). Provisional."""
+DB_NEW_VALUES: Final = "sessiontrace.db.new_values"
+"""Opt-in: JSON of the values after the change (after masking). Provisional."""
+DB_AUDIT_SEQ: Final = "sessiontrace.db.audit_seq"
+"""Position of the change in the audit chain, when known at write time. Provisional."""
+# Per-transaction settings (``set_config(name, value, true)``) through which the application tells
+# PostgreSQL triggers who is changing what; a write without them is audited with the database user.
+PG_SETTING_SESSION_ID: Final = "sessiontrace.session_id"
+PG_SETTING_USER_ID: Final = "sessiontrace.user_id"
+PG_SETTING_TRACE_ID: Final = "sessiontrace.trace_id"
+PG_SETTING_SPAN_ID: Final = "sessiontrace.span_id"
+
 # --- headers -------------------------------------------------------------------------------------
 SESSION_RESPONSE_HEADER: Final = "x-session-id"
 """Response header our inbound middleware sets, so a caller (or a support ticket) can quote the id."""
@@ -224,6 +250,19 @@ NAMES: Final = (
     Name(GEN_AI_REVIEW_DECISION, "attribute", "provisional", "approve or override"),
     Name(GEN_AI_REVIEWER, "attribute", "provisional", "who reviewed"),
     Name(CAPTURE_CONTENT_ENV, "environment variable", "semconv-genai", "turns content capture on"),
+    Name(DB_CHANGE_EVENT, "event", "provisional", "one audited record change"),
+    Name(DB_SYSTEM_NAME, "event attribute", "semconv", "database system"),
+    Name(DB_COLLECTION_NAME, "event attribute", "semconv", "table changed"),
+    Name(DB_RECORD_ID, "event attribute", "provisional", "primary key of the record, JSON"),
+    Name(DB_CHANGE_TYPE, "event attribute", "provisional", "insert, update, delete"),
+    Name(DB_CHANGED_FIELDS, "event attribute", "provisional", "columns that changed"),
+    Name(DB_PREVIOUS_VALUES, "event attribute (opt-in)", "provisional", "values before, JSON"),
+    Name(DB_NEW_VALUES, "event attribute (opt-in)", "provisional", "values after, JSON"),
+    Name(DB_AUDIT_SEQ, "event attribute", "provisional", "position in the audit chain"),
+    Name(PG_SETTING_SESSION_ID, "PostgreSQL setting", "provisional", "session id for triggers"),
+    Name(PG_SETTING_USER_ID, "PostgreSQL setting", "provisional", "user id for triggers"),
+    Name(PG_SETTING_TRACE_ID, "PostgreSQL setting", "provisional", "trace id for triggers"),
+    Name(PG_SETTING_SPAN_ID, "PostgreSQL setting", "provisional", "span id for triggers"),
 )
 
 
