@@ -73,3 +73,28 @@ def observe(label: str) -> dict[str, Any]:
         "trace_id": format(context.trace_id, "032x"),
         "log_session_id": recorder.records[0].__dict__.get("session.id") if recorder.records else None,
     }
+
+
+# --- workflow tests (tests/test_workflow.py) ----------------------------------------------------------------
+WORKFLOW_TASK_NAME = "sessiontrace_tests.continue_run"
+
+
+@app.task(name=WORKFLOW_TASK_NAME)
+def continue_run(label: str) -> dict[str, Any]:
+    """Run one ``step()`` in the worker and report the run it continued and what its span carries."""
+    from sessiontrace import current_session
+    from sessiontrace.workflow import current_run, step
+
+    @step(f"task step {label}")
+    def work() -> dict[str, Any]:
+        run, current = current_run(), current_session()
+        span = trace.get_current_span()
+        attributes = dict(getattr(span, "attributes", None) or {})
+        return {
+            "run": [run.name, run.id] if run else None,
+            "session_id": current.id if current else None,
+            "span_attributes": {key: value for key, value in attributes.items() if isinstance(value, (str, int))},
+            "trace_id": format(span.get_span_context().trace_id, "032x"),
+        }
+
+    return work()

@@ -243,8 +243,9 @@ class TestExistingProvider:
         assert out["exporter"] == ["none", "none"]
         assert out["same"] == [True, True]
         assert out["global_same"]
-        # Configured twice: still exactly one stamping processor, and no exporter of ours.
-        assert out["processors"] == ["SimpleSpanProcessor", "SessionSpanProcessor"]
+        # Configured twice: still exactly one stamping processor, and no exporter of ours; redaction
+        # goes before the application's exporting processor.
+        assert out["processors"] == ["RedactingSpanProcessor", "SimpleSpanProcessor", "SessionSpanProcessor"]
         work = out["spans"]["work"]
         assert work[semconv.SESSION_ID] == out["session_id"]
         assert work[semconv.USER_ID] == "bob"
@@ -253,7 +254,12 @@ class TestExistingProvider:
     def test_adds_our_exporter_only_when_asked(self, tmp_path: Path) -> None:
         store = tmp_path / "spans.sqlite3"
         out = output(run(_APP_PROVIDER, tmp_path, {"SESSIONTRACE_EXPORTER": "store", "SESSIONTRACE_STORE": str(store)}))
-        assert out["processors"] == ["SimpleSpanProcessor", "SessionSpanProcessor", "_Exporting"]
+        assert out["processors"] == [
+            "RedactingSpanProcessor",
+            "SimpleSpanProcessor",
+            "SessionSpanProcessor",
+            "_Exporting",
+        ]
         assert out["exporter"] == ["store", "store"]
         assert out["spans"]["work"][semconv.SESSION_ID] == out["session_id"]
         with SpanStore(store, readonly=True) as spans_store:

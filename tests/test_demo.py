@@ -1,4 +1,5 @@
-"""``sessiontrace demo`` runs two real services in their own processes and shows one session."""
+"""``sessiontrace demo`` runs the claims-triage example: two real services in their own processes,
+two claims, and each claim's session path with its workflow steps, AI call and confidence."""
 
 from __future__ import annotations
 
@@ -7,43 +8,114 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from sessiontrace import semconv
+from sessiontrace.records import StoredSpan
 from sessiontrace.store import SpanStore
 
 UUID7 = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
+CONFIDENCE = re.compile(r"chat claims-severity-lr .* confidence (\d\.\d\d) \((low|medium|high|critical)\)")
+STEPS = ("step validate claim", "step classify severity", "step reserve funds", "step record reserve")
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    home = tmp_path_factory.mktemp("demo")
+    store_path = home / "spans.sqlite3"
+    script = Path(sys.executable).parent / "sessiontrace"
+    result = subprocess.run(
+        [str(script), "--store", str(store_path), "demo"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PATH": str(Path(sys.executable).parent), "NO_COLOR": "1", "HOME": str(home)},
+    )
+    assert result.returncode == 0, result.stderr
+    return store_path, result.stdout
+
+
+def _sections(out: str) -> tuple[str, str]:
+    """The clear-cut claim's path, then the ambiguous claim's."""
+    clear = out.index("clear-cut claim ")
+    ambiguous = out.index("ambiguous claim ")
+    assert clear < ambiguous
+    return out[clear:ambiguous], out[ambiguous:]
+
+
+def _session_ids(out: str) -> list[str]:
+    return re.findall(r"^session\.id: (\S+)$", out, re.MULTILINE)
+
+
+def _spans(store_path: Path, session_id: str) -> list[StoredSpan]:
+    store = SpanStore(store_path)
+    try:
+        return store.session_spans(session_id)
+    finally:
+        store.close()
 
 
 class TestDemo:
-    """The demo prints the session id, then a path covering both services and the background task."""
+    """The demo prints both session ids (the clear-cut claim's first), then both paths."""
 
-    def test_demo_shows_one_session_across_processes(self, tmp_path: Path) -> None:
-        store_path = tmp_path / "spans.sqlite3"
-        script = Path(sys.executable).parent / "sessiontrace"
-        result = subprocess.run(
-            [str(script), "--store", str(store_path), "demo"],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            env={"PATH": str(Path(sys.executable).parent), "NO_COLOR": "1", "HOME": str(tmp_path)},
-        )
-        assert result.returncode == 0, result.stderr
-        match = re.search(r"^session\.id: (\S+)$", result.stdout, re.MULTILINE)
-        assert match, result.stdout
-        session_id = match.group(1)
-        assert UUID7.fullmatch(session_id), session_id
+    def test_prints_the_session_ids_first(self, demo: tuple[Path, str]) -> None:
+        _, out = demo
+        first_line = out.splitlines()[0]
+        ids = _session_ids(out)
+        assert first_line == f"session.id: {ids[0]}"
+        assert len(ids) == 2
+        assert ids[0] != ids[1]
+        assert all(UUID7.fullmatch(session_id) for session_id in ids), ids
+        for session_id in ids:
+            assert f"sessiontrace path {session_id}" in out
 
-        for expected in ("POST /claims", "validate claim", "POST /entries", "post reserve", "notify adjuster"):
-            assert expected in result.stdout, f"{expected!r} missing from the path:\n{result.stdout}"
+    def test_clear_cut_claim_is_decided_by_the_model(self, demo: tuple[Path, str]) -> None:
+        clear, _ = _sections(demo[1])
+        for expected in ("workflow claims-triage", *STEPS, "POST /reserves", "[intake]", "[ledger]", "notify adjuster"):
+            assert expected in clear, f"{expected!r} missing from the path:\n{clear}"
+        match = CONFIDENCE.search(clear)
+        assert match, clear
+        assert float(match.group(1)) >= 0.6
+        assert "model claims-severity-lr-" in clear
+        assert "(local)" in clear
+        assert "step human review" not in clear
+        assert "decided by model" in clear
 
-        store = SpanStore(store_path)
-        try:
-            spans = store.session_spans(session_id)
-        finally:
-            store.close()
-        services = {span.service_name for span in spans}
-        assert services == {"frontdoor", "ledger"}
-        assert len({span.trace_id for span in spans}) == 1, "the hop to the ledger continues the trace"
-        stamped = [span for span in spans if span.attributes.get(semconv.SESSION_ID) == session_id]
-        assert len(stamped) == len(spans), [span.name for span in spans if span not in stamped]
-        trigger = {span.attributes.get(semconv.TRIGGER_SOURCE) for span in spans}
-        assert trigger == {"api"}
+    def test_ambiguous_claim_waits_for_human_review(self, demo: tuple[Path, str]) -> None:
+        _, ambiguous = _sections(demo[1])
+        for expected in ("workflow claims-triage", *STEPS, "step human review", "POST /reserves"):
+            assert expected in ambiguous, f"{expected!r} missing from the path:\n{ambiguous}"
+        match = CONFIDENCE.search(ambiguous)
+        assert match, ambiguous
+        assert float(match.group(1)) < 0.6
+        assert "running → waiting_for_human → running → succeeded" in ambiguous
+        assert "gen_ai.review" in ambiguous
+        assert "reviews chat claims-severity-lr" in ambiguous
+        assert "stand-in-reviewer (automatic)" in ambiguous
+        assert "decided by reviewer" in ambiguous
+        # The path reads in workflow order.
+        order = ["step validate claim", "step classify severity", "step human review", "step reserve funds"]
+        assert [ambiguous.index(name) for name in order] == sorted(ambiguous.index(name) for name in order)
+
+    def test_each_session_is_one_trace_across_both_services(self, demo: tuple[Path, str]) -> None:
+        store_path, out = demo
+        for session_id in _session_ids(out):
+            spans = _spans(store_path, session_id)
+            assert {span.service_name for span in spans} == {"intake", "ledger"}
+            assert len({span.trace_id for span in spans}) == 1, "the hop to the ledger continues the trace"
+            unstamped = [span.name for span in spans if span.attributes.get(semconv.SESSION_ID) != session_id]
+            assert not unstamped
+            assert {span.attributes.get(semconv.TRIGGER_SOURCE) for span in spans} == {"api"}
+            runs = {span.attributes.get(semconv.WORKFLOW_RUN_ID) for span in spans if span.name.startswith("step ")}
+            assert len(runs) == 1, "the ledger's step continues the intake's run"
+
+    def test_ai_span_and_review_are_linked(self, demo: tuple[Path, str]) -> None:
+        store_path, out = demo
+        clear_id, ambiguous_id = _session_ids(out)
+        (sure,) = [s for s in _spans(store_path, clear_id) if s.name == "chat claims-severity-lr"]
+        spans = _spans(store_path, ambiguous_id)
+        (unsure,) = [s for s in spans if s.name == "chat claims-severity-lr"]
+        (review,) = [s for s in spans if s.name == semconv.GEN_AI_REVIEW_SPAN]
+        assert sure.attributes[semconv.GEN_AI_PROVIDER_NAME] == "local"
+        assert sure.attributes[semconv.GEN_AI_CONFIDENCE] >= 0.6 > unsure.attributes[semconv.GEN_AI_CONFIDENCE]
+        assert [link.span_id for link in review.links] == [unsure.span_id]

@@ -428,7 +428,7 @@ class TestExtractFuzz:
 
 
 # --- the outbound allow-list -------------------------------------------------------------------------------
-OUR_KEYS = set(semconv.SESSION_BAGGAGE_KEYS)
+OUR_KEYS = set(semconv.OUR_BAGGAGE_KEYS)
 
 
 def baggage_keys(headers: dict[str, str]) -> set[str]:

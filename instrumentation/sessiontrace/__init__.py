@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from sessiontrace.policy import InboundPolicy, OutboundPolicy
     from sessiontrace.processors import SessionLogRecordProcessor, SessionSpanProcessor
     from sessiontrace.propagation import SessionPropagator, extract, inject
+    from sessiontrace.redaction import RedactingLogRecordProcessor, RedactingSpanProcessor, Redactor
 
 # Loaded on first use, so that `sessiontrace --help` (and anything else that imports a
 # submodule) does not pay for the OpenTelemetry SDK.
@@ -36,6 +37,9 @@ _LAZY = {
     "SessionPropagator": "sessiontrace.propagation",
     "extract": "sessiontrace.propagation",
     "inject": "sessiontrace.propagation",
+    "RedactingLogRecordProcessor": "sessiontrace.redaction",
+    "RedactingSpanProcessor": "sessiontrace.redaction",
+    "Redactor": "sessiontrace.redaction",
 }
 
 
@@ -57,6 +61,9 @@ __all__ = [
     "Configuration",
     "InboundPolicy",
     "OutboundPolicy",
+    "RedactingLogRecordProcessor",
+    "RedactingSpanProcessor",
+    "Redactor",
     "Session",
     "SessionLogRecordProcessor",
     "SessionPropagator",

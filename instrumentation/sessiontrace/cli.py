@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 EXIT_NOT_FOUND = 1
 EXIT_STORE = 2
+EXIT_USAGE = 2
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -106,6 +107,81 @@ def demo(store_path: Path) -> None:
     from sessiontrace.demo import run_demo
 
     sys.exit(run_demo(store_path))
+
+
+@main.group()
+def audit() -> None:
+    """Set up and inspect the audit log of database changes."""
+
+
+@audit.command()
+@click.option(
+    "--db", "url", required=True, envvar="SESSIONTRACE_AUDIT_DB", help="PostgreSQL URL. [env: SESSIONTRACE_AUDIT_DB]"
+)
+@click.option("--key-env", metavar="VAR", help="Environment variable holding the chain's HMAC key (never a flag).")
+@click.option("--app-role", metavar="NAME", help="Role the application connects as: INSERT and SELECT only.")
+@click.option("--owner-role", metavar="NAME", help="Role owning the log, its key and its trigger functions.")
+@click.option("--tables", metavar="T1,T2", help="Tables to audit with triggers (name or schema.name).")
+@click.option("--schema", metavar="NAME", help="Schema of the audit log. [default: the search_path's first]")
+@click.option("--partition-by-month", is_flag=True, help="Create the log partitioned by month (new logs only).")
+def setup(
+    url: str,
+    key_env: str | None,
+    app_role: str | None,
+    owner_role: str | None,
+    tables: str | None,
+    schema: str | None,
+    partition_by_month: bool,
+) -> None:
+    """Create or update the audit log on PostgreSQL (safe to re-run), and audit --tables."""
+    import os
+
+    key: bytes | None = None
+    if key_env is not None:
+        value = os.environb.get(key_env.encode())
+        if not value:
+            _fail(f"--key-env {key_env}: the variable is not set or empty", EXIT_USAGE)
+        key = value
+    table_names = [t.strip() for t in tables.split(",") if t.strip()] if tables else []
+
+    from sqlalchemy import create_engine
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        _fail("--db is not a database URL (postgresql://user@host:5432/dbname)", EXIT_USAGE)
+    if parsed.get_backend_name() != "postgresql":
+        _fail(f"--db must be a PostgreSQL URL, not {parsed.get_backend_name()}", EXIT_USAGE)
+    if parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")  # the audit extra installs psycopg 3
+    shown = parsed.render_as_string(hide_password=True)
+
+    from sessiontrace.audit.postgres import AuditSetupError, audit_tables, install
+
+    engine = create_engine(parsed)
+    try:
+        with engine.begin() as conn:
+            install(
+                conn,
+                key=key,
+                owner_role=owner_role,
+                app_role=app_role,
+                schema=schema,
+                partition_by_month=partition_by_month,
+            )
+            if table_names:
+                audit_tables(conn, table_names, schema=schema)
+    except AuditSetupError as exc:
+        _fail(str(exc), EXIT_USAGE)
+    except SQLAlchemyError as exc:
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        _fail(f"{shown}: {reason}", EXIT_STORE)
+    finally:
+        engine.dispose()
+    audited = f"; auditing {', '.join(table_names)}" if table_names else ""
+    click.echo(f"audit log ready in {shown}{audited}")
 
 
 def _open_store(store_path: Path) -> SpanStore:

@@ -24,6 +24,14 @@ from sessiontrace._log import warn_once
 from sessiontrace.policy import PRIVATE, InboundPolicy, OutboundPolicy, parse_networks
 from sessiontrace.processors import SessionLogRecordProcessor, SessionSpanProcessor, install_log_record_factory
 from sessiontrace.propagation import SessionPropagator, session_propagator
+from sessiontrace.redaction import (
+    DEFAULT_ALLOW_KEYS,
+    DEFAULT_DENY_KEYS,
+    MAX_VALUE_CHARS,
+    Redactor,
+    install_log_redaction,
+    install_redaction,
+)
 
 ExporterKind = Literal["auto", "otlp", "store", "none"]
 
@@ -83,6 +91,28 @@ ENV_VARS: tuple[EnvVar, ...] = (
         "true",
         "Carry the context into `threading.Thread` and `ThreadPoolExecutor` (contrib threading instrumentor).",
     ),
+    EnvVar(
+        "SESSIONTRACE_REDACT",
+        "true",
+        "Redact personal data and secrets from every span and log record before export (built-in detectors, "
+        "deny and allow keys, size cap).",
+    ),
+    EnvVar(
+        "SESSIONTRACE_REDACT_DENY_KEYS",
+        "",
+        "Comma-separated key globs whose values are always replaced whole, added to the defaults "
+        "(`*password*`, `*secret*`, `*token`, `*authorization*`, `*cookie*`...).",
+    ),
+    EnvVar(
+        "SESSIONTRACE_REDACT_ALLOW_KEYS",
+        "",
+        "Comma-separated key globs never scanned, added to the defaults (`session.id`, `user.id`, `workflow.*`...).",
+    ),
+    EnvVar(
+        "SESSIONTRACE_REDACT_MAX_CHARS",
+        str(MAX_VALUE_CHARS),
+        "Longest string value exported; longer ones are cut with a marker. `0`: no cap.",
+    ),
 )
 """Every variable we read, besides the standard ``OTEL_*`` ones (``OTEL_SERVICE_NAME``,
 ``OTEL_RESOURCE_ATTRIBUTES``, ``OTEL_EXPORTER_OTLP_*``, ``OTEL_PROPAGATORS``, ``OTEL_SDK_DISABLED``)."""
@@ -99,6 +129,7 @@ class Configuration:
     store_path: Path | None
     propagator: SessionPropagator
     reused_provider: bool
+    redactor: Redactor | None = None
 
 
 _lock = threading.Lock()
@@ -116,6 +147,8 @@ def configure(
     stamp_logs: bool | None = None,
     instrument_threads: bool | None = None,
     tracer_provider: TracerProvider | None = None,
+    redaction: bool | Redactor | None = None,
+    capture_content: bool | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> Configuration:
     """Set up session stamping, propagation and export. Arguments win over environment variables.
@@ -125,6 +158,11 @@ def configure(
     only when ``exporter`` (or ``SESSIONTRACE_EXPORTER``) asks for one. Otherwise a provider is
     created with the ``OTEL_*`` resource and an exporter chosen by ``exporter``.
     Calling ``configure()`` again updates the policies; processors are never added twice.
+
+    ``redaction``: a ``Redactor``, True (one built from the ``SESSIONTRACE_REDACT_*`` variables)
+    or False; on by default. Its processor goes first in the provider's list, before any exporter.
+    ``capture_content``: record AI prompts and answers (default: the
+    ``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT`` variable, off).
     """
     global _configured
     env = os.environ if environ is None else environ
@@ -151,6 +189,11 @@ def configure(
         kind = "otlp" if has_endpoint else "store"
     protocol = _otlp_protocol(env) if kind == "otlp" else None  # validated before anything changes
     path = Path(store_path) if store_path is not None else _store_path(env)
+    redactor = _redactor(redaction, read)
+    if capture_content is not None:
+        from sessiontrace.ai.content import set_capture_content
+
+        set_capture_content(capture_content)
 
     with _lock:
         propagator = session_propagator(inbound, outbound, jaeger=jaeger)
@@ -166,6 +209,9 @@ def configure(
             return _configured
 
         provider, reused = _provider(tracer_provider, service_name)
+        # First, before the application's exporting processors (and ours, added below).
+        install_redaction(provider, redactor)
+        install_log_redaction(redactor)
         if not _has_processor(provider, SessionSpanProcessor):
             provider.add_span_processor(SessionSpanProcessor())
         if (not reused or explicit_exporter) and kind != "none" and not _exports(provider):
@@ -182,7 +228,7 @@ def configure(
             _instrument_threads()
 
         _configured = Configuration(
-            provider, kind, path if kind == "store" else None, propagator, reused_provider=reused
+            provider, kind, path if kind == "store" else None, propagator, reused_provider=reused, redactor=redactor
         )
         return _configured
 
@@ -260,6 +306,26 @@ def _stamp_otel_logs() -> None:
                     multi._log_record_processors = (ours, *multi._log_record_processors)  # type: ignore[union-attr]
             else:
                 provider.add_log_record_processor(ours)  # type: ignore[arg-type]
+
+
+def _redactor(redaction: bool | Redactor | None, read: _Reader) -> Redactor | None:
+    if isinstance(redaction, Redactor):
+        return redaction
+    if not (read.flag("SESSIONTRACE_REDACT") if redaction is None else redaction):
+        return None
+    max_chars = read.parsed("SESSIONTRACE_REDACT_MAX_CHARS", _non_negative)
+    return Redactor(
+        deny_keys=(*DEFAULT_DENY_KEYS, *_split(read.text("SESSIONTRACE_REDACT_DENY_KEYS"))),
+        allow_keys=(*DEFAULT_ALLOW_KEYS, *_split(read.text("SESSIONTRACE_REDACT_ALLOW_KEYS"))),
+        max_value_chars=max_chars or None,
+    )
+
+
+def _non_negative(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise ValueError(f"must be 0 or more, got {number}")
+    return number
 
 
 def _instrument_threads() -> None:

@@ -33,6 +33,7 @@ from sessiontrace import _values, semconv
 from sessiontrace._log import warn_once
 from sessiontrace.context import Session, context_with_session, current_session
 from sessiontrace.policy import InboundPolicy, OutboundPolicy, sign, signature_is_valid
+from sessiontrace.workflow import admit_run
 
 # Largest header value we hand to the inner propagators. The W3C baggage limit is 8192 bytes for
 # the whole header; anything larger is hostile or broken, and parsing it costs the request.
@@ -141,7 +142,8 @@ class SessionPropagator(TextMapPropagator):
         session_id = entries.get(semconv.BAGGAGE_SESSION_ID)
         if session_id is None:
             session_id = next((entries[k] for k in semconv.FOREIGN_SESSION_BAGGAGE_KEYS if k in entries), None)
-        stripped = _without_session_entries(ctx)
+        # A workflow run travels independently of the session: re-admitted (validated) either way.
+        stripped = admit_run(entries, _without_session_entries(ctx))
         if session_id is None:
             return stripped
         try:
@@ -184,7 +186,7 @@ def _optional(check: Any, value: str | None) -> Any:
 def _without_session_entries(ctx: Context) -> Context:
     """``ctx`` without our baggage entries. Other tools' entries (``langfuse_session_id``...) stay:
     they are read as a session id inbound, but what they carry is those tools' business."""
-    for key in semconv.SESSION_BAGGAGE_KEYS:
+    for key in semconv.OUR_BAGGAGE_KEYS:
         if baggage.get_baggage(key, ctx) is not None:
             ctx = baggage.remove_baggage(key, ctx)
     return ctx

@@ -102,6 +102,17 @@ STATUS_TO: Final = "sessiontrace.workflow.status.to"
 STATUS_REASON: Final = "sessiontrace.workflow.status.reason"
 ERROR_TYPE: Final = "error.type"
 """Class of the error that ended a span (semconv, stable)."""
+WORKFLOW_SPAN: Final = "workflow"
+"""Span name prefix of a run: ``workflow {name}``."""
+STEP_SPAN: Final = "step"
+"""Span name prefix of a step attempt: ``step {name}``."""
+BAGGAGE_WORKFLOW_NAME: Final = WORKFLOW_NAME
+BAGGAGE_WORKFLOW_RUN_ID: Final = WORKFLOW_RUN_ID
+WORKFLOW_BAGGAGE_KEYS: Final = (BAGGAGE_WORKFLOW_NAME, BAGGAGE_WORKFLOW_RUN_ID)
+"""The run travels as baggage so that a step in a called process continues it. Not signed: a run
+id is a label, not an identity claim; inbound it must still be well formed."""
+OUR_BAGGAGE_KEYS: Final = SESSION_BAGGAGE_KEYS + WORKFLOW_BAGGAGE_KEYS
+"""Every baggage key we own, session and run: what the outbound host policy strips."""
 
 # --- generative AI (semantic-conventions-genai, development) --------------------------------------
 GEN_AI_OPERATION_NAME: Final = "gen_ai.operation.name"
@@ -134,8 +145,8 @@ GEN_AI_EVALUATION_NAME: Final = "gen_ai.evaluation.name"
 GEN_AI_EVALUATION_SCORE_VALUE: Final = "gen_ai.evaluation.score.value"
 GEN_AI_EVALUATION_SCORE_LABEL: Final = "gen_ai.evaluation.score.label"
 GEN_AI_EVALUATION_EXPLANATION: Final = "gen_ai.evaluation.explanation"
-GEN_AI_TIME_TO_FIRST_CHUNK: Final = "sessiontrace.gen_ai.time_to_first_chunk"
-"""Seconds from request to the first streamed chunk. Provisional (semconv has it as a metric only)."""
+GEN_AI_TIME_TO_FIRST_CHUNK: Final = "gen_ai.response.time_to_first_chunk"
+"""Seconds from request to the first streamed chunk (the name the provider SDKs' own spans use)."""
 GEN_AI_CONFIDENCE: Final = "sessiontrace.gen_ai.confidence"
 """Latest confidence score in [0, 1] on the AI span, for search. Provisional."""
 GEN_AI_REVIEW_SPAN: Final = "gen_ai.review"
@@ -201,8 +212,8 @@ NAMES: Final = (
     Name(SESSION_START_EVENT, "event", "semconv (development)", "a session id was minted"),
     Name(SESSION_END_EVENT, "event", "semconv (development)", "the activity that minted it ended"),
     Name(SESSION_RESPONSE_HEADER, "header", "provisional", "session id echoed to the caller"),
-    Name(WORKFLOW_NAME, "attribute", "semconv proposal (PR #2387)", "workflow name"),
-    Name(WORKFLOW_RUN_ID, "attribute", "semconv proposal (PR #2387)", "one run of a workflow"),
+    Name(WORKFLOW_NAME, "attribute, baggage", "semconv proposal (PR #2387)", "workflow name"),
+    Name(WORKFLOW_RUN_ID, "attribute, baggage", "semconv proposal (PR #2387)", "one run of a workflow"),
     Name(WORKFLOW_RESULT, "attribute", "semconv proposal (PR #2387)", "success, failure, cancellation"),
     Name(WORKFLOW_TRIGGER_TYPE, "attribute", "semconv proposal (PR #2387)", "what started the run"),
     Name(WORKFLOW_TRIGGER_NAME, "attribute", "semconv proposal (PR #2387)", "detail of the trigger"),
@@ -217,6 +228,8 @@ NAMES: Final = (
     Name(STATUS_TO, "event attribute", "provisional", "status after"),
     Name(STATUS_REASON, "event attribute", "provisional", "why it changed"),
     Name(ERROR_TYPE, "attribute", "semconv (stable)", "class of the error"),
+    Name(WORKFLOW_SPAN, "span", "provisional", "a workflow run: `workflow {name}`"),
+    Name(STEP_SPAN, "span", "provisional", "a step attempt: `step {name}`"),
     Name(GEN_AI_OPERATION_NAME, "attribute", "semconv-genai", "chat, text_completion, embeddings..."),
     Name(GEN_AI_PROVIDER_NAME, "attribute", "semconv-genai", "openai, anthropic, local..."),
     Name(GEN_AI_REQUEST_MODEL, "attribute", "semconv-genai", "model asked for"),
@@ -244,7 +257,7 @@ NAMES: Final = (
     Name(GEN_AI_EVALUATION_SCORE_VALUE, "event attribute", "semconv-genai", "score"),
     Name(GEN_AI_EVALUATION_SCORE_LABEL, "event attribute", "semconv-genai", "label"),
     Name(GEN_AI_EVALUATION_EXPLANATION, "event attribute", "semconv-genai", "why"),
-    Name(GEN_AI_TIME_TO_FIRST_CHUNK, "attribute", "provisional", "seconds to the first streamed chunk"),
+    Name(GEN_AI_TIME_TO_FIRST_CHUNK, "attribute", "semconv-genai (development)", "seconds to the first streamed chunk"),
     Name(GEN_AI_CONFIDENCE, "attribute", "provisional", "latest confidence on the AI span"),
     Name(GEN_AI_REVIEW_SPAN, "span", "provisional", "a human review of an AI call"),
     Name(GEN_AI_REVIEW_DECISION, "attribute", "provisional", "approve or override"),

@@ -136,6 +136,18 @@ class AICall:
         self.span.set_attribute(semconv.ERROR_TYPE, error_type)
         self.span.set_status(Status(StatusCode.ERROR, message))
 
+    def start(self) -> AICall:
+        """Start the span without making it current, for an answer that outlives the calling frame
+        (a stream the caller iterates later, maybe in another task): a context attached here could
+        not be detached there. Make it current for a block with
+        ``trace.use_span(call.span, end_on_exit=False)``; end it with ``end()``."""
+        self.span = _tracer.start_span(self._name, kind=SpanKind.CLIENT, attributes=self._attributes)
+        return self
+
+    def end(self) -> None:
+        """End a span begun with ``start()``."""
+        self.span.end()
+
 
 def request_attributes(settings: Mapping[str, Any]) -> dict[str, Any]:
     """GenAI request attributes from call settings (``temperature``, ``max_tokens``...)."""

@@ -1,54 +1,95 @@
-"""``sessiontrace demo``: a small multi-process system on the embedded store.
+"""``sessiontrace demo``: the claims-triage example (``examples/claims_triage``) on the embedded store.
 
-Three processes: this one plays a user's browser; ``frontdoor`` (ASGI, uvicorn) receives the
-request and starts the session; ``ledger`` (WSGI) is the second service it calls. Both services
-export to the same SQLite store; when they have shut down (flushing their spans), the session's
-path is read back and printed.
+Three processes: this one plays the claimants' browser; ``claims_triage.intake`` (ASGI, uvicorn)
+receives each claim, starts its session and runs the ``claims-triage`` workflow, whose AI step is
+a small local model; ``claims_triage.ledger`` (WSGI) is the second service it calls. Two claims
+are filed: a clear-cut one, and an ambiguous one that the model is unsure of and that goes to
+(a stand-in for) human review. Both services export to the same SQLite store; when they have shut
+down (flushing their spans), each session's path is read back and printed, the clear-cut first.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
-SERVICES = ("ledger", "frontdoor")
+SERVICES = ("ledger", "intake")
 _STARTUP_SECONDS = 30.0
+# The demo runs on the embedded defaults: the local model, never a paid API.
+_REMOTE_MODEL_VARIABLES = ("OPENAI_API_KEY", "OPENAI_BASE_URL")
+
+CLAIMS: tuple[tuple[str, dict[str, Any]], ...] = (
+    # The model is sure (about 0.85), so no one needs to look.
+    (
+        "clear-cut claim",
+        {
+            "policy": "P-1042",
+            "line": "motor",
+            "amount": 38500.00,
+            "description": (
+                "Head-on collision on the motorway, driver taken to hospital with fractures, car written off."
+            ),
+        },
+    ),
+    # A branch on a car roof could be a scratch or a write-off: the model is unsure (about 0.40),
+    # so the workflow waits for a human.
+    (
+        "ambiguous claim",
+        {
+            "policy": "P-2087",
+            "line": "motor",
+            "amount": 2400.00,
+            "description": "Tree branch fell on the car roof in the storm.",
+        },
+    ),
+)
 
 
 def run_demo(store_path: Path) -> int:
-    """Run the demo against ``store_path``; print ``session.id: <id>`` and the path. Exit code."""
-    try:
-        import httpx
-    except ImportError:
-        print("the demo needs its extra: pip install 'sessiontrace[demo]'", file=sys.stderr)
+    """Run the demo against ``store_path``; print ``session.id: <id>`` per claim, then the paths.
+    Returns the exit code."""
+    # The services import these; finding them here turns a crash in a child into one clear line.
+    # (find_spec, not import: scikit-learn takes a second to import and only the intake needs it.)
+    missing = [name for name in ("httpx", "uvicorn", "sklearn") if importlib.util.find_spec(name) is None]
+    if missing:
+        print(
+            f"the demo needs its extra ({', '.join(missing)} missing): pip install 'sessiontrace[demo]'",
+            file=sys.stderr,
+        )
         return 2
+    if importlib.util.find_spec("claims_triage") is None:
+        print("the demo runs the claims_triage example, which ships with sessiontrace: reinstall it", file=sys.stderr)
+        return 2
+    import httpx
 
     store_path.parent.mkdir(parents=True, exist_ok=True)
     ports = {name: _free_port() for name in SERVICES}
     env = {**os.environ, "SESSIONTRACE_STORE": str(store_path), "SESSIONTRACE_EXPORTER": "store"}
     env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)  # the demo is about the embedded store
+    for name in _REMOTE_MODEL_VARIABLES:
+        env.pop(name, None)
     processes: dict[str, subprocess.Popen[bytes]] = {}
+    answers: list[dict[str, Any]] = []
     try:
         for name in SERVICES:
-            command = [sys.executable, "-m", f"sessiontrace.demo.{name}", "--port", str(ports[name])]
-            if name == "frontdoor":
+            command = [sys.executable, "-m", f"claims_triage.{name}", "--port", str(ports[name])]
+            if name == "intake":
                 command += ["--ledger", f"http://127.0.0.1:{ports['ledger']}"]
             processes[name] = subprocess.Popen(command, env=env, stderr=subprocess.PIPE)
         for name in SERVICES:
             _wait_until_up(name, ports[name], processes[name])
 
-        # The "browser": no session of its own, so the front door mints one.
-        response = httpx.post(
-            f"http://127.0.0.1:{ports['frontdoor']}/claims",
-            json={"policy": "P-1042", "amount": "1250.00", "description": "hail damage to roof"},
-            timeout=30,
-        )
-        response.raise_for_status()
-        session_id = response.headers["x-session-id"]
+        # The "browser": no session of its own, so the intake mints one per claim.
+        for title, claim in CLAIMS:
+            response = httpx.post(f"http://127.0.0.1:{ports['intake']}/claims", json=claim, timeout=30)
+            response.raise_for_status()
+            answers.append({**response.json(), "title": title, "session_id": response.headers["x-session-id"]})
     finally:
         _stop(processes)
 
@@ -56,13 +97,23 @@ def run_demo(store_path: Path) -> int:
     from sessiontrace.sources.store import load_session_path
     from sessiontrace.store import SpanStore
 
-    print(f"session.id: {session_id}", flush=True)
+    # The first line is the clear-cut claim's session id: scripts read it.
+    for answer in answers:
+        print(f"session.id: {answer['session_id']}", flush=True)
     store = SpanStore(store_path)
     try:
-        print_path(load_session_path(store, session_id))
+        for answer in answers:
+            print(
+                f"\n{answer['title']} {answer['claim_id']}: severity {answer['severity']},"
+                f" confidence {answer['confidence']:.2f}, decided by {answer['decided_by']}",
+                flush=True,
+            )
+            print_path(load_session_path(store, answer["session_id"]))
     finally:
         store.close()
-    print(f"\nstore: {store_path}\nagain: sessiontrace path {session_id}")
+    print(f"\nstore: {store_path}")
+    for answer in answers:
+        print(f"again: sessiontrace path {answer['session_id']}")
     return 0
 
 

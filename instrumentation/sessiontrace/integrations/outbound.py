@@ -1,6 +1,7 @@
 """Outbound HTTP: send the session to hosts on the allow-list, and to no one else.
 
-``OutboundPolicyInstrumentor`` patches the transports of httpx (sync and async) and requests, the
+``OutboundPolicyInstrumentor`` patches the transports of httpx and httpx2 (sync and async; the
+OpenAI and Anthropic SDKs send through httpx2) and requests, the
 last place a request passes before the wire. For an allowed host it injects the trace and session;
 for any other host it removes our entries from ``baggage`` and ``uberctx-*`` headers, whoever put
 them there (OpenTelemetry's own httpx/requests instrumentors inject through the global propagator,
@@ -9,6 +10,7 @@ which sees the destination we set and leaves them out as well).
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Collection, MutableMapping
 from typing import Any
 from urllib.parse import unquote
@@ -20,8 +22,9 @@ from wrapt import wrap_function_wrapper
 from sessiontrace import semconv
 from sessiontrace.propagation import destination_allowed, inject, outbound_to
 
-_OURS = frozenset(semconv.SESSION_BAGGAGE_KEYS)
+_OURS = frozenset(semconv.OUR_BAGGAGE_KEYS)
 _JAEGER_BAGGAGE_PREFIX = "uberctx-"
+_HTTPX_FAMILY = ("httpx", "httpx2")  # same transport API
 
 
 def apply_policy(headers: MutableMapping[str, str], url: str) -> None:
@@ -76,18 +79,19 @@ class OutboundPolicyInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         return ()  # both libraries are optional; each is patched only if importable
 
     def _instrument(self, **kwargs: Any) -> None:
-        if _importable("httpx"):
-            wrap_function_wrapper("httpx", "HTTPTransport.handle_request", _httpx_send)
-            wrap_function_wrapper("httpx", "AsyncHTTPTransport.handle_async_request", _httpx_send_async)
+        for module in _HTTPX_FAMILY:
+            if _importable(module):
+                wrap_function_wrapper(module, "HTTPTransport.handle_request", _httpx_send)
+                wrap_function_wrapper(module, "AsyncHTTPTransport.handle_async_request", _httpx_send_async)
         if _importable("requests"):
             wrap_function_wrapper("requests.adapters", "HTTPAdapter.send", _requests_send)
 
     def _uninstrument(self, **kwargs: Any) -> None:
-        if _importable("httpx"):
-            import httpx
-
-            unwrap(httpx.HTTPTransport, "handle_request")
-            unwrap(httpx.AsyncHTTPTransport, "handle_async_request")
+        for module in _HTTPX_FAMILY:
+            if _importable(module):
+                transports = importlib.import_module(module)
+                unwrap(transports.HTTPTransport, "handle_request")
+                unwrap(transports.AsyncHTTPTransport, "handle_async_request")
         if _importable("requests"):
             import requests.adapters
 

@@ -1,0 +1,163 @@
+"""What ``OpenAIInstrumentor`` adds to a chat call, against the fake OpenAI server on loopback.
+
+    python benchmarks/bench_openai.py [--rounds 40] [--calls 50] [--latency-ms 0]
+
+The real ``openai`` client calls ``chat.completions.create`` on tests/_fake_openai.py (uvicorn in
+a thread of this process) inside a session, with ``configure()``'s processors (stamping,
+redaction) and a batch exporter to memory. Two modes, each uninstrumented (``plain``: the SDK
+method kept from before instrumenting, the same code minus ours) and instrumented (``traced``):
+a plain answer, and a stream of 7 chunks with usage read to the end. Content capture is off,
+its default.
+
+A loopback round trip with no latency is the cheapest an HTTP call ever gets (~2 ms here, most
+of it the SDK's own Python), so ``--latency-ms 0`` is the worst case for the ratio; the added
+microseconds per call are the figure that carries over to a real provider (hundreds of ms).
+The machine is assumed noisy: within a round the two variants alternate call by call, and the
+headline figure is the median over rounds of each round's traced/plain ratio (wall clock; the
+process CPU ratio is shown beside it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+import openai
+from openai.resources.chat.completions import Completions
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from _fake_openai import FakeOpenAI
+from sessiontrace.ai.openai import OpenAIInstrumentor
+from sessiontrace.config import configure
+from sessiontrace.context import session
+
+TARGET = 1.05
+"""Instrumented calls may cost at most 1.05x uninstrumented ones (5% overhead)."""
+
+MESSAGES: Any = [{"role": "system", "content": "You triage claims."}, {"role": "user", "content": "Say hello"}]
+
+
+@dataclass
+class Variant:
+    name: str
+    call: Callable[[], None]
+    wall: list[float] = field(default_factory=list)  # µs per call, one per round
+    cpu: list[float] = field(default_factory=list)  # process CPU µs per call (client + server threads)
+
+
+def run_round(plain: Variant, traced: Variant, calls: int) -> None:
+    """``calls`` calls of each, alternating one by one (the order flipped every other call), so that
+    whatever the machine does meanwhile falls on both alike."""
+    totals = {id(plain): [0, 0], id(traced): [0, 0]}
+    clock, cpu_clock = time.perf_counter_ns, time.process_time_ns
+    gc.collect()
+    for number in range(calls):
+        for variant in (plain, traced) if number % 2 else (traced, plain):
+            wall, cpu = clock(), cpu_clock()
+            variant.call()
+            total = totals[id(variant)]
+            total[0] += clock() - wall
+            total[1] += cpu_clock() - cpu
+    for variant in (plain, traced):
+        variant.wall.append(totals[id(variant)][0] / calls / 1000)
+        variant.cpu.append(totals[id(variant)][1] / calls / 1000)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=40, help="rounds (default: %(default)s)")
+    parser.add_argument("--calls", type=int, default=50, help="calls per variant per round (default: %(default)s)")
+    parser.add_argument("--warmup", type=int, default=50, help="untimed calls per variant first (default: %(default)s)")
+    parser.add_argument(
+        "--latency-ms", type=float, default=0.0, help="server delay before each answer (default: %(default)s)"
+    )
+    args = parser.parse_args(argv)
+
+    configuration = configure(exporter="none")  # stamping and redaction, as an application has them
+    assert configuration.tracer_provider is not None, "OTEL_SDK_DISABLED is set"
+    exporter = InMemorySpanExporter()
+    configuration.tracer_provider.add_span_processor(BatchSpanProcessor(exporter))  # export off the call path
+
+    # "plain" calls the SDK's own method, kept from before instrumenting: the same code minus ours.
+    create = Completions.create
+    OpenAIInstrumentor().instrument()
+    with (
+        FakeOpenAI(latency=args.latency_ms / 1000) as server,
+        openai.OpenAI(base_url=server.base_url, api_key="test", max_retries=0) as client,
+    ):
+        completions = client.chat.completions
+        request: dict[str, Any] = {"model": "gpt-4o-mini", "messages": MESSAGES, "temperature": 0.2}
+        streamed: dict[str, Any] = {**request, "stream": True, "stream_options": {"include_usage": True}}
+
+        def read(stream: Any) -> None:
+            for _ in stream:
+                pass
+
+        pairs = {
+            "answer": (
+                Variant("answer plain", lambda: create(completions, **request)),
+                Variant("answer traced", lambda: completions.create(**request)),
+            ),
+            "stream": (
+                Variant("stream plain", lambda: read(create(completions, **streamed))),
+                Variant("stream traced", lambda: read(completions.create(**streamed))),
+            ),
+        }
+        with session(user_id="bench-user", roles=["clerk"], trigger_source="api", trigger_type="POST /claims"):
+            for plain, traced in pairs.values():
+                for _ in range(args.warmup):
+                    plain.call()
+                    traced.call()
+            for _ in range(args.rounds):
+                for plain, traced in pairs.values():
+                    run_round(plain, traced, args.calls)
+                exporter.clear()
+    OpenAIInstrumentor().uninstrument()
+    assert len(pairs["answer"][1].wall) == args.rounds
+
+    print(
+        f"python {sys.version.split()[0]}, openai {openai.__version__}, {args.rounds} rounds x {args.calls} calls "
+        f"per variant, alternating; fake OpenAI server on loopback, {args.latency_ms:g} ms latency; "
+        "content capture off"
+    )
+    print()
+    header = (
+        f"{'variant':<14} {'wall µs':>9} {'min':>7} {'CPU µs':>8} {'min':>7} "
+        f"{'wall ratio':>11} {'CPU ratio':>10} {'+CPU µs':>8}  target (wall ratio)"
+    )
+    print(header)
+    print("-" * len(header))
+    verdicts: list[bool] = []
+    for plain, traced in pairs.values():
+        for variant in (plain, traced):
+            line = (
+                f"{variant.name:<14} {statistics.median(variant.wall):>9.0f} {min(variant.wall):>7.0f} "
+                f"{statistics.median(variant.cpu):>8.0f} {min(variant.cpu):>7.0f}"
+            )
+            if variant is plain:
+                print(f"{line} {'':>11} {'':>10} {'':>8}  baseline")
+                continue
+            wall_ratio = statistics.median(t / p for t, p in zip(traced.wall, plain.wall, strict=True))
+            cpu_ratio = statistics.median(t / p for t, p in zip(traced.cpu, plain.cpu, strict=True))
+            extra = statistics.median(t - p for t, p in zip(traced.cpu, plain.cpu, strict=True))
+            ok = wall_ratio <= TARGET
+            verdicts.append(ok)
+            print(
+                f"{line} {wall_ratio:>10.3f}x {cpu_ratio:>9.3f}x {extra:>8.0f}  "
+                f"<= {TARGET:.2f}x  {'PASS' if ok else 'FAIL'}"
+            )
+    return 0 if all(verdicts) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,6 @@
+"""Claims triage: a realistic two-service example traced end to end by sessiontrace.
+
+``intake`` (ASGI) receives a claim, starts the session and runs the ``claims-triage`` workflow:
+validate, classify severity with a small local model (``model``), send unsure answers to a
+human, reserve funds at ``ledger`` (WSGI) over HTTP. ``sessiontrace demo`` runs both.
+"""

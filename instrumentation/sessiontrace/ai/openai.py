@@ -1,0 +1,726 @@
+"""The official OpenAI SDK, instrumented: every chat completion and Responses API call becomes an
+``AICall`` span (``chat {model}``, kind CLIENT, provider ``openai``), a child of the current span.
+
+``OpenAIInstrumentor().instrument()`` wraps ``chat.completions.create`` (and ``parse``) and
+``responses.create``, sync and async. A streamed answer keeps its span open while the caller
+iterates: the SDK's stream comes back inside a transparent proxy that notes the time to the first
+chunk, gathers finish reasons, tool calls, usage and token log-probabilities, and ends the span
+when the stream is exhausted, closed, left by its ``with`` block or garbage collected, whichever
+comes first (an abandoned stream keeps what was seen so far). A failed call ends its span with
+``error.type`` (the HTTP status for an API error, else the exception's class) and the exception
+propagates unchanged. Our own bookkeeping never raises into the application: a failure is logged
+once and the call goes on untraced.
+
+Prompt and answer text is recorded only when content capture is on (``sessiontrace.ai.content``);
+images and audio become size markers, never their bytes.
+
+The session does not reach the provider through this module. openai 2.x and later send with
+``httpx2``, which neither ``OutboundPolicyInstrumentor`` nor OpenTelemetry's httpx instrumentor
+patches, so no baggage is injected at all; an SDK given a classic ``httpx`` client goes through
+the outbound allow-list like any other request (private networks only by default).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import time
+from collections.abc import Callable, Collection, Mapping, Sequence
+from types import TracebackType
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
+from opentelemetry.instrumentation.utils import unwrap
+from wrapt import ObjectProxy, wrap_function_wrapper
+
+from sessiontrace import semconv
+from sessiontrace._log import logger, warn_once
+from sessiontrace.ai import content
+from sessiontrace.ai.call import AICall
+from sessiontrace.ai.confidence import confidence_from_logprobs
+
+PROVIDER = "openai"
+CONFIDENCE_EXPLANATION = "geometric mean of token probabilities from logprobs"
+
+Message = dict[str, Any]
+Part = dict[str, Any]
+
+
+# --- reading what the caller sent (dicts or models; ``_get``) and what the SDK answered (its models;
+# plain ``getattr``, the per-call and per-chunk path) ------------------------------------------------------
+def _get(value: Any, key: str) -> Any:
+    if isinstance(value, dict):
+        return value.get(key)
+    found = getattr(value, key, None)
+    if found is None and isinstance(value, Mapping):  # the slow ABC check only when it can matter
+        return value.get(key)
+    return found
+
+
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _listed(value: Any) -> Sequence[Any]:
+    """Only lists and tuples: iterating a generator the caller passed would consume it before
+    the SDK sends it."""
+    return value if isinstance(value, (list, tuple)) else ()
+
+
+def _arguments(raw: Any) -> Any:
+    """Tool call arguments as an object when they are JSON (semconv), else as sent."""
+    if isinstance(raw, str):
+        try:
+            return json.loads(raw)
+        except (ValueError, RecursionError):
+            return raw
+    return raw
+
+
+def _tool_call(call_id: Any, name: Any, arguments: Any) -> Part:
+    return {"type": "tool_call", "id": call_id, "name": name, "arguments": _arguments(arguments)}
+
+
+def _binary_part(modality: str, media_type: str, data: Any, *, base64: bool = True) -> Part:
+    """A marker instead of inline bytes: their size, computed from the base64 without decoding."""
+    if isinstance(data, str):
+        size = len(data.rstrip("=")) * 3 // 4 if base64 else len(data.encode())
+    else:
+        size = len(data) if isinstance(data, (bytes, bytearray)) else 0
+    return {"type": "blob", "modality": modality, "mime_type": media_type, "content": f"[{media_type} {size} bytes]"}
+
+
+def _image_part(url: Any) -> Part:
+    if isinstance(url, str) and url.startswith("data:"):
+        header, _, data = url.partition(",")
+        media_type = header[5:].split(";")[0] or "application/octet-stream"
+        return _binary_part("image", media_type, data, base64=header.endswith(";base64"))
+    return {"type": "uri", "modality": "image", "uri": url}
+
+
+def _content_part(part: Any) -> Part:
+    """One part of a message's content (Chat Completions or Responses shape) as a semconv part."""
+    if isinstance(part, str):
+        return {"type": "text", "content": part}
+    kind = _get(part, "type")
+    if kind in ("text", "input_text", "output_text"):
+        return {"type": "text", "content": _get(part, "text")}
+    if kind == "refusal":
+        return {"type": "refusal", "content": _get(part, "refusal")}
+    if kind == "image_url":
+        return _image_part(_get(_get(part, "image_url"), "url"))
+    if kind == "input_image":
+        url = _get(part, "image_url")
+        return _image_part(url) if url else {"type": "file", "modality": "image", "file_id": _get(part, "file_id")}
+    if kind == "input_audio":
+        audio = _get(part, "input_audio")
+        return _binary_part("audio", f"audio/{_get(audio, 'format') or 'unknown'}", _get(audio, "data"))
+    if kind in ("file", "input_file"):
+        file = _get(part, "file") if kind == "file" else part
+        if _get(file, "file_data"):
+            return _binary_part("file", "application/octet-stream", _get(file, "file_data"))
+        return {"type": "file", "file_id": _get(file, "file_id"), "filename": _get(file, "filename")}
+    return {"type": str(kind or "unknown"), "content": part}  # a GenericPart; messages_json makes it safe
+
+
+def _parts(value: Any) -> list[Part]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [{"type": "text", "content": value}]
+    if isinstance(value, (list, tuple)):
+        return [_content_part(part) for part in value]
+    return [_content_part(value)]
+
+
+def _role(value: Any) -> str:
+    role = _str(value) or "user"
+    return "system" if role == "developer" else role
+
+
+# --- Chat Completions ----------------------------------------------------------------------------------
+def _chat_input(messages: Any) -> list[Message]:
+    result: list[Message] = []
+    for message in _listed(messages):
+        role = _role(_get(message, "role"))
+        if role in ("tool", "function"):
+            response = {"type": "tool_call_response", "id": _get(message, "tool_call_id")}
+            result.append({"role": "tool", "parts": [{**response, "response": _get(message, "content")}]})
+            continue
+        parts = _parts(_get(message, "content"))
+        parts.extend(_chat_tool_calls(message))
+        result.append({"role": role, "parts": parts})
+    return result
+
+
+def _chat_tool_calls(message: Any) -> list[Part]:
+    parts = []
+    for tool_call in _listed(_get(message, "tool_calls")):
+        function = _get(tool_call, "function")
+        parts.append(_tool_call(_get(tool_call, "id"), _get(function, "name"), _get(function, "arguments")))
+    function_call = _get(message, "function_call")  # the deprecated single-function form
+    if function_call is not None:
+        parts.append(_tool_call(None, _get(function_call, "name"), _get(function_call, "arguments")))
+    return parts
+
+
+def _chat_output(choice: Any) -> Message:
+    message = _get(choice, "message")
+    parts = _parts(_get(message, "content"))
+    refusal = _get(message, "refusal")
+    if refusal:
+        parts.append({"type": "refusal", "content": refusal})
+    parts.extend(_chat_tool_calls(message))
+    audio = _get(message, "audio")
+    if audio is not None:
+        parts.append(_binary_part("audio", "audio/unknown", _get(audio, "data")))
+    output: Message = {"role": _str(_get(message, "role")) or "assistant", "parts": parts}
+    if _get(choice, "finish_reason"):
+        output["finish_reason"] = _get(choice, "finish_reason")
+    return output
+
+
+def _token_logprobs(tokens: Any) -> list[float]:
+    return [
+        value for value in (getattr(token, "logprob", None) for token in _listed(tokens)) if isinstance(value, float)
+    ]
+
+
+def _record_confidence(call: AICall, logprobs: list[float]) -> None:
+    score = confidence_from_logprobs(logprobs)
+    if score is not None:
+        call.record_confidence(score, explanation=CONFIDENCE_EXPLANATION, name="confidence")
+
+
+class _Api:
+    """How one OpenAI endpoint maps onto an ``AICall``: request, response, stream."""
+
+    def begin(self, kwargs: Mapping[str, Any], capture: bool) -> AICall:
+        raise NotImplementedError
+
+    def record(self, call: AICall, response: Any, capture: bool) -> None:
+        raise NotImplementedError
+
+    def stream_scope(self, call: AICall, started: float, capture: bool) -> _StreamScope:
+        raise NotImplementedError
+
+
+class _Chat(_Api):
+    def begin(self, kwargs: Mapping[str, Any], capture: bool) -> AICall:
+        return AICall(
+            model=_str(kwargs.get("model")) or "unknown",
+            provider=PROVIDER,
+            operation="chat",
+            conversation_id=None,
+            settings=kwargs,  # request_attributes() picks the settings it knows and skips NOT_GIVEN
+            input_messages=_chat_input(kwargs.get("messages")) if capture else None,
+            system_instructions=None,  # OpenAI sends them as messages; they stay in the input messages
+        )
+
+    def record(self, call: AICall, response: Any, capture: bool) -> None:
+        choices = _listed(getattr(response, "choices", None))
+        usage = getattr(response, "usage", None)
+        call.record_response(
+            model=_str(getattr(response, "model", None)),
+            response_id=_str(getattr(response, "id", None)),
+            finish_reasons=[
+                reason for reason in (getattr(choice, "finish_reason", None) for choice in choices) if reason
+            ],
+            input_tokens=getattr(usage, "prompt_tokens", None),
+            output_tokens=getattr(usage, "completion_tokens", None),
+            output_messages=[_chat_output(choice) for choice in choices] if capture else None,
+        )
+        if choices:
+            _record_confidence(call, _token_logprobs(getattr(getattr(choices[0], "logprobs", None), "content", None)))
+
+    def stream_scope(self, call: AICall, started: float, capture: bool) -> _StreamScope:
+        return _ChatStream(call, started, capture)
+
+
+# --- Responses API -------------------------------------------------------------------------------------
+def _responses_input(value: Any) -> list[Message]:
+    if isinstance(value, str):
+        return [content.text_message("user", value)]
+    result: list[Message] = []
+    for item in _listed(value):
+        kind = _get(item, "type")
+        if kind == "function_call":
+            result.append(
+                {
+                    "role": "assistant",
+                    "parts": [_tool_call(_get(item, "call_id"), _get(item, "name"), _get(item, "arguments"))],
+                }
+            )
+        elif kind == "function_call_output":
+            response = {"type": "tool_call_response", "id": _get(item, "call_id"), "response": _get(item, "output")}
+            result.append({"role": "tool", "parts": [response]})
+        elif kind in (None, "message"):
+            result.append({"role": _role(_get(item, "role")), "parts": _parts(_get(item, "content"))})
+        else:
+            result.append({"role": "user", "parts": [_content_part(item)]})
+    return result
+
+
+def _responses_output(response: Any, finish_reason: str | None) -> list[Message]:
+    parts: list[Part] = []
+    for item in _listed(getattr(response, "output", None)):
+        kind = getattr(item, "type", None)
+        if kind == "message":
+            parts.extend(_parts(getattr(item, "content", None)))
+        elif kind == "function_call":
+            parts.append(
+                _tool_call(
+                    getattr(item, "call_id", None), getattr(item, "name", None), getattr(item, "arguments", None)
+                )
+            )
+    message: Message = {"role": "assistant", "parts": parts}
+    if finish_reason:
+        message["finish_reason"] = finish_reason
+    return [message]
+
+
+def _responses_finish_reason(response: Any) -> str | None:
+    status = getattr(response, "status", None)
+    if status == "completed":
+        calls = any(
+            getattr(item, "type", None) == "function_call" for item in _listed(getattr(response, "output", None))
+        )
+        return "tool_calls" if calls else "stop"
+    if status == "incomplete":
+        return _str(getattr(getattr(response, "incomplete_details", None), "reason", None)) or "incomplete"
+    return _str(status) if status in ("failed", "cancelled") else None
+
+
+def _responses_logprobs(response: Any) -> list[float]:
+    values: list[float] = []
+    for item in _listed(getattr(response, "output", None)):
+        if getattr(item, "type", None) == "message":
+            for part in _listed(getattr(item, "content", None)):
+                values.extend(_token_logprobs(getattr(part, "logprobs", None)))
+    return values
+
+
+class _Responses(_Api):
+    def begin(self, kwargs: Mapping[str, Any], capture: bool) -> AICall:
+        settings = {key: kwargs.get(key) for key in ("temperature", "top_p")}
+        settings["max_tokens"] = kwargs.get("max_output_tokens")
+        instructions = kwargs.get("instructions")
+        return AICall(
+            model=_str(kwargs.get("model")) or "unknown",
+            provider=PROVIDER,
+            operation="chat",
+            conversation_id=None,
+            settings=settings,
+            input_messages=_responses_input(kwargs.get("input")) if capture else None,
+            system_instructions=instructions if capture and isinstance(instructions, str) else None,
+        )
+
+    def record(self, call: AICall, response: Any, capture: bool) -> None:
+        usage = getattr(response, "usage", None)
+        finish_reason = _responses_finish_reason(response)
+        call.record_response(
+            model=_str(getattr(response, "model", None)),
+            response_id=_str(getattr(response, "id", None)),
+            finish_reasons=[finish_reason] if finish_reason else None,
+            input_tokens=getattr(usage, "input_tokens", None),
+            output_tokens=getattr(usage, "output_tokens", None),
+            output_messages=_responses_output(response, finish_reason) if capture else None,
+        )
+        _record_confidence(call, _responses_logprobs(response))
+
+    def stream_scope(self, call: AICall, started: float, capture: bool) -> _StreamScope:
+        return _ResponsesStream(call, started, capture)
+
+
+# --- streams ---------------------------------------------------------------------------------------------
+class _StreamScope:
+    """What a stream has shown so far; ends the span exactly once, on any path."""
+
+    __slots__ = ("call", "capture", "done", "first", "started")
+
+    def __init__(self, call: AICall, started: float, capture: bool) -> None:
+        self.call = call
+        self.started = started
+        self.capture = capture
+        self.first = True
+        self.done = False
+
+    def add(self, chunk: Any) -> None:
+        try:
+            if self.first:
+                self.first = False
+                elapsed = time.perf_counter() - self.started
+                self.call.span.set_attribute(semconv.GEN_AI_TIME_TO_FIRST_CHUNK, elapsed)
+            self.absorb(chunk)
+        except Exception:
+            _bookkeeping_failed()
+
+    def finish(self, error: BaseException | None = None) -> None:
+        if self.done:
+            return
+        self.done = True
+        try:
+            self.record()
+        except Exception:
+            _bookkeeping_failed()
+        if error is None:
+            _end(self.call)
+        else:
+            _end_with_error(self.call, error)
+
+    def absorb(self, chunk: Any) -> None:
+        raise NotImplementedError
+
+    def record(self) -> None:
+        raise NotImplementedError
+
+
+class _ChatStream(_StreamScope):
+    __slots__ = ("finish_reasons", "logprobs", "model", "response_id", "texts", "tools", "usage")
+
+    def __init__(self, call: AICall, started: float, capture: bool) -> None:
+        super().__init__(call, started, capture)
+        self.model: str | None = None
+        self.response_id: str | None = None
+        self.usage: Any = None
+        self.finish_reasons: dict[int, str] = {}
+        self.logprobs: list[float] = []
+        self.texts: dict[int, list[str]] = {}
+        self.tools: dict[int, dict[int, dict[str, Any]]] = {}  # choice index -> tool call index -> parts
+
+    def absorb(self, chunk: Any) -> None:
+        if self.response_id is None:
+            self.response_id = _str(getattr(chunk, "id", None))
+            self.model = _str(getattr(chunk, "model", None))
+        usage = getattr(chunk, "usage", None)
+        if usage is not None:
+            self.usage = usage  # sent in the last chunk when stream_options={"include_usage": True}
+        for choice in getattr(chunk, "choices", None) or ():
+            index = getattr(choice, "index", None) or 0
+            reason = getattr(choice, "finish_reason", None)
+            if reason:
+                self.finish_reasons[index] = reason
+            if index == 0:
+                logprobs = getattr(choice, "logprobs", None)
+                if logprobs is not None:
+                    self.logprobs.extend(_token_logprobs(getattr(logprobs, "content", None)))
+            if self.capture:
+                self._absorb_delta(index, getattr(choice, "delta", None))
+
+    def _absorb_delta(self, index: int, delta: Any) -> None:
+        text = getattr(delta, "content", None)
+        if text:
+            self.texts.setdefault(index, []).append(text)
+        for tool_call in getattr(delta, "tool_calls", None) or ():
+            calls = self.tools.setdefault(index, {})
+            seen = calls.setdefault(getattr(tool_call, "index", None) or 0, {"id": None, "name": None, "arguments": []})
+            function = getattr(tool_call, "function", None)
+            seen["id"] = seen["id"] or getattr(tool_call, "id", None)
+            seen["name"] = seen["name"] or getattr(function, "name", None)
+            if getattr(function, "arguments", None):
+                seen["arguments"].append(getattr(function, "arguments", None))
+
+    def record(self) -> None:
+        messages = None
+        if self.capture:
+            messages = []
+            for index in sorted(self.texts.keys() | self.tools.keys() | self.finish_reasons.keys()):
+                parts: list[Part] = (
+                    [{"type": "text", "content": "".join(self.texts[index])}] if index in self.texts else []
+                )
+                for _, seen in sorted(self.tools.get(index, {}).items()):
+                    parts.append(_tool_call(seen["id"], seen["name"], "".join(seen["arguments"])))
+                message: Message = {"role": "assistant", "parts": parts}
+                if index in self.finish_reasons:
+                    message["finish_reason"] = self.finish_reasons[index]
+                messages.append(message)
+        self.call.record_response(
+            model=self.model,
+            response_id=self.response_id,
+            finish_reasons=[reason for _, reason in sorted(self.finish_reasons.items())],
+            input_tokens=getattr(self.usage, "prompt_tokens", None),
+            output_tokens=getattr(self.usage, "completion_tokens", None),
+            output_messages=messages,
+        )
+        _record_confidence(self.call, self.logprobs)
+
+
+class _ResponsesStream(_StreamScope):
+    """Responses API events: ``response.created`` names the response, the terminal event
+    (``response.completed``, ``.incomplete`` or ``.failed``) carries it whole."""
+
+    __slots__ = ("response", "terminal")
+
+    def __init__(self, call: AICall, started: float, capture: bool) -> None:
+        super().__init__(call, started, capture)
+        self.response: Any = None
+        self.terminal = False
+
+    def absorb(self, chunk: Any) -> None:
+        response = getattr(chunk, "response", None)
+        if response is not None:
+            self.response = response
+            self.terminal = getattr(chunk, "type", None) in (
+                "response.completed",
+                "response.incomplete",
+                "response.failed",
+            )
+
+    def record(self) -> None:
+        if self.terminal:
+            _RESPONSES.record(self.call, self.response, self.capture)
+        elif self.response is not None:  # abandoned: only what the first event told
+            self.call.record_response(
+                model=_str(getattr(self.response, "model", None)), response_id=_str(getattr(self.response, "id", None))
+            )
+
+
+class _TracedStream(ObjectProxy[Any]):
+    """The SDK's ``Stream``, as it was (iteration, ``with``, ``close()``, attributes), ending the
+    call's span when it ends."""
+
+    def __init__(self, stream: Any, scope: _StreamScope) -> None:
+        super().__init__(stream)
+        self._self_scope = scope
+
+    def __iter__(self) -> _TracedStream:
+        return self
+
+    def __next__(self) -> Any:
+        try:
+            chunk = self.__wrapped__.__next__()
+        except StopIteration:
+            self._self_scope.finish()
+            raise
+        except BaseException as error:
+            self._self_scope.finish(error)
+            raise
+        self._self_scope.add(chunk)
+        return chunk
+
+    def __enter__(self) -> _TracedStream:
+        self.__wrapped__.__enter__()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> Any:
+        try:
+            return self.__wrapped__.__exit__(exc_type, exc, tb)
+        finally:
+            self._self_scope.finish()
+
+    def close(self) -> None:
+        try:
+            self.__wrapped__.close()
+        finally:
+            self._self_scope.finish()
+
+    def __del__(self) -> None:
+        scope = getattr(self, "_self_scope", None)  # None if __init__ never finished
+        if scope is not None:
+            scope.finish()
+
+
+class _TracedAsyncStream(ObjectProxy[Any]):
+    """The SDK's ``AsyncStream``, as it was, ending the call's span when it ends."""
+
+    def __init__(self, stream: Any, scope: _StreamScope) -> None:
+        super().__init__(stream)
+        self._self_scope = scope
+
+    def __aiter__(self) -> _TracedAsyncStream:
+        return self
+
+    async def __anext__(self) -> Any:
+        try:
+            chunk = await self.__wrapped__.__anext__()
+        except StopAsyncIteration:
+            self._self_scope.finish()
+            raise
+        except BaseException as error:
+            self._self_scope.finish(error)
+            raise
+        self._self_scope.add(chunk)
+        return chunk
+
+    async def __aenter__(self) -> _TracedAsyncStream:
+        await self.__wrapped__.__aenter__()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> Any:
+        try:
+            return await self.__wrapped__.__aexit__(exc_type, exc, tb)
+        finally:
+            self._self_scope.finish()
+
+    async def close(self) -> None:
+        try:
+            await self.__wrapped__.close()
+        finally:
+            self._self_scope.finish()
+
+    def __del__(self) -> None:
+        scope = getattr(self, "_self_scope", None)  # None if __init__ never finished
+        if scope is not None:
+            scope.finish()
+
+
+# --- span bookkeeping: never raises --------------------------------------------------------------------
+def _bookkeeping_failed() -> None:
+    warn_once("openai-bookkeeping", "sessiontrace: could not record an OpenAI call; the call itself is unaffected")
+    logger.debug("sessiontrace: OpenAI bookkeeping failed", exc_info=True)
+
+
+def _begin(api: _Api, kwargs: Mapping[str, Any], capture: bool) -> AICall | None:
+    try:
+        return api.begin(kwargs, capture).start()
+    except Exception:
+        _bookkeeping_failed()
+        return None
+
+
+def _end(call: AICall) -> None:
+    try:
+        call.end()
+    except Exception:
+        _bookkeeping_failed()
+
+
+def _end_with_error(call: AICall, error: BaseException) -> None:
+    try:
+        from openai import APIStatusError
+
+        # semconv: an HTTP error's type is its status code; anything else, the exception's class
+        status = error.status_code if isinstance(error, APIStatusError) else None
+        error_type = str(status) if status else type(error).__qualname__
+        if isinstance(error, Exception):
+            call.span.record_exception(error)
+            call.fail(error_type, f"{type(error).__name__}: {error}")
+        else:  # cancelled or interrupted: not a failure of the call (as OpenTelemetry's use_span sees it)
+            call.span.set_attribute(semconv.ERROR_TYPE, error_type)
+    except Exception:
+        _bookkeeping_failed()
+    _end(call)
+
+
+def _answer(api: _Api, call: AICall, result: Any, started: float, capture: bool, stream_type: type, proxy: type) -> Any:
+    """A stream comes back wrapped (its span ends with it); anything else is recorded at once."""
+    try:
+        if isinstance(result, stream_type):
+            return proxy(result, api.stream_scope(call, started, capture))
+        api.record(call, result, capture)  # a raw response (with_raw_response) has no fields: nothing recorded
+    except Exception:
+        _bookkeeping_failed()
+    _end(call)
+    return result
+
+
+Wrapper = Callable[[Callable[..., Any], Any, tuple[Any, ...], dict[str, Any]], Any]
+
+
+def _sync_wrapper(api: _Api, stream_type: type) -> Wrapper:
+    def traced(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        capture = content.capture_content()
+        call = _begin(api, kwargs, capture)
+        if call is None:
+            return wrapped(*args, **kwargs)
+        started = time.perf_counter()
+        try:
+            with trace.use_span(call.span, end_on_exit=False, record_exception=False, set_status_on_exception=False):
+                result = wrapped(*args, **kwargs)
+        except BaseException as error:
+            _end_with_error(call, error)
+            raise
+        return _answer(api, call, result, started, capture, stream_type, _TracedStream)
+
+    return traced
+
+
+def _async_wrapper(api: _Api, stream_type: type) -> Wrapper:
+    async def traced(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        capture = content.capture_content()
+        call = _begin(api, kwargs, capture)
+        if call is None:
+            return await wrapped(*args, **kwargs)
+        started = time.perf_counter()
+        try:
+            with trace.use_span(call.span, end_on_exit=False, record_exception=False, set_status_on_exception=False):
+                result = await wrapped(*args, **kwargs)
+        except BaseException as error:
+            _end_with_error(call, error)
+            raise
+        return _answer(api, call, result, started, capture, stream_type, _TracedAsyncStream)
+
+    return traced
+
+
+# --- the instrumentor ------------------------------------------------------------------------------------
+_CHAT = _Chat()
+_RESPONSES = _Responses()
+
+# (module, class, method, api, is async, warn when missing)
+_TARGETS: tuple[tuple[str, str, str, _Api, bool, bool], ...] = (
+    ("openai.resources.chat.completions", "Completions", "create", _CHAT, False, True),
+    ("openai.resources.chat.completions", "AsyncCompletions", "create", _CHAT, True, True),
+    ("openai.resources.chat.completions", "Completions", "parse", _CHAT, False, False),
+    ("openai.resources.chat.completions", "AsyncCompletions", "parse", _CHAT, True, False),
+    ("openai.resources.responses", "Responses", "create", _RESPONSES, False, True),
+    ("openai.resources.responses", "AsyncResponses", "create", _RESPONSES, True, True),
+)
+
+
+_patched: list[tuple[type, str]] = []
+"""What ``instrument()`` wrapped, for ``uninstrument()`` to restore."""
+
+
+def _find(module: str, owner: str, method: str) -> type | None:
+    try:
+        cls = getattr(importlib.import_module(module), owner)
+    except (ImportError, AttributeError):
+        return None
+    return cls if isinstance(cls, type) and callable(cls.__dict__.get(method)) else None
+
+
+class OpenAIInstrumentor(BaseInstrumentor):  # type: ignore[misc]
+    """Traces the official ``openai`` SDK's chat completions and Responses API calls as AI spans.
+
+    ``OpenAIInstrumentor().instrument()`` once at startup (or zero-code, through the
+    ``opentelemetry_instrumentor`` entry point); ``uninstrument()`` restores the SDK. A method
+    this SDK version lacks is reported once and left alone."""
+
+    def instrumentation_dependencies(self) -> Collection[str]:
+        return ("openai >= 1.40",)
+
+    def _instrument(self, **kwargs: Any) -> None:
+        import openai
+
+        patched: list[tuple[type, str]] = []
+        for module, owner, method, api, is_async, required in _TARGETS:
+            cls = _find(module, owner, method)
+            if cls is None:
+                if required:
+                    warn_once(
+                        f"openai-missing-{module}.{owner}.{method}",
+                        "sessiontrace: openai %s has no %s.%s.%s; those calls are not traced",
+                        getattr(openai, "__version__", "?"),
+                        module,
+                        owner,
+                        method,
+                    )
+                continue
+            wrapper = _async_wrapper(api, openai.AsyncStream) if is_async else _sync_wrapper(api, openai.Stream)
+            wrap_function_wrapper(cls, method, wrapper)
+            patched.append((cls, method))
+        _patched[:] = patched
+
+    def _uninstrument(self, **kwargs: Any) -> None:
+        for cls, method in _patched:
+            unwrap(cls, method)
+        _patched.clear()
+
+
+__all__: Sequence[str] = ["OpenAIInstrumentor"]

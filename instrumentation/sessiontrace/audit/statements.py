@@ -1,0 +1,218 @@
+"""Auditing ORM-enabled ``insert()`` / ``update()`` / ``delete()`` run with ``Session.execute``.
+
+These bypass the unit of work, so ``do_orm_execute`` audits them around the statement, on the
+session's connection in the same transaction:
+
+- ``update`` / ``delete``: select the rows the statement's WHERE matches (``FOR UPDATE`` on
+  PostgreSQL), run it, read the updated rows again by primary key, record the differences. Bulk
+  UPDATE by primary key (a list of parameter dicts) is read by those keys.
+- ``insert``: add ``RETURNING`` of the audited columns and record every returned row.
+- upserts (``on_conflict_do_update`` of the PostgreSQL and SQLite dialects): before running,
+  select the rows that already hold the conflict target's values; each returned row whose key was
+  there is an update (with its previous values), the others are inserts. ``on_conflict_do_nothing``
+  returns only the rows it inserted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import BindParameter, ClauseElement, Column, Connection, Delete, Insert, Result, Update
+from sqlalchemy.dialects.postgresql.dml import OnConflictDoNothing as PgDoNothing
+from sqlalchemy.dialects.sqlite.dml import OnConflictDoNothing as SqliteDoNothing
+from sqlalchemy.orm import ORMExecuteState
+
+from sessiontrace.audit.auditor import Auditor
+from sessiontrace.audit.errors import AuditError
+from sessiontrace.audit.mixin import Audited, stamp_values
+from sessiontrace.audit.plan import Field, TablePlan
+from sessiontrace.audit.snapshot import PkValues, Rows, pk_condition, select_by_pk, select_where
+from sessiontrace.audit.writer import Change
+
+
+def do_orm_execute(auditor: Auditor, state: ORMExecuteState) -> Result[Any] | None:
+    if not (state.is_insert or state.is_update or state.is_delete):
+        return None  # SELECTs: the common case, one attribute check
+    mapper = state.bind_mapper
+    plan = auditor.plan_for(mapper) if mapper is not None else None
+    if plan is None:
+        return None
+    connection = state.session.connection(bind_arguments={"mapper": plan.mapper})
+    moment = datetime.now(timezone.utc)
+    if state.is_insert:
+        result, changes = _insert(state, plan, connection, moment)
+    else:
+        result, changes = _update_or_delete(state, plan, connection, moment)
+    auditor.write(connection, changes, moment)
+    return result
+
+
+def _stamp(plan: TablePlan, moment: datetime) -> dict[str, Any] | None:
+    return stamp_values(moment) if issubclass(plan.mapper.class_, Audited) else None
+
+
+def _param_list(state: ORMExecuteState) -> list[Mapping[str, Any]]:
+    params = state.parameters
+    if isinstance(params, Mapping):
+        return [params] if params else []
+    return list(params or [])
+
+
+def _update_or_delete(
+    state: ORMExecuteState, plan: TablePlan, connection: Connection, moment: datetime
+) -> tuple[Result[Any], list[Change]]:
+    statement = state.statement
+    assert isinstance(statement, (Update, Delete))
+    updating = isinstance(statement, Update)
+    stamp = _stamp(plan, moment) if updating else None
+    by_pk = state.is_executemany  # bulk UPDATE by primary key: one parameter dict per row
+    if by_pk:
+        params = _param_list(state)
+        keys = [_pk_of(plan, p) for p in params]
+        if any(k is None for k in keys):
+            raise AuditError(
+                f"cannot audit a bulk {statement.__visit_name__} of {plan.table_name} without primary keys"
+            )
+        before = select_by_pk(connection, plan, [k for k in keys if k is not None], lock=True)
+        result = state.invoke_statement(params=[stamp] * len(params) if stamp else None)
+    else:
+        before = select_where(connection, plan, statement.whereclause, lock=True)
+        if stamp and isinstance(statement, Update):
+            statement = statement.values(**stamp)
+        result = state.invoke_statement(statement=statement)
+    if not updating:
+        return result, [plan.deleted(row) for row in before.values()]
+    after = select_by_pk(connection, plan, before.keys())
+    changes: list[Change] = []
+    for key, row in before.items():
+        new_row = after.get(key)
+        if new_row is None:
+            raise AuditError(f"cannot audit a bulk update of {plan.table_name} that changes primary keys")
+        change = plan.updated(key, row, new_row)
+        if change is not None:
+            changes.append(change)
+    return result, changes
+
+
+def _pk_of(plan: TablePlan, params: Mapping[str, Any]) -> PkValues | None:
+    values = []
+    for f in plan.pk:
+        if f.key in params:
+            values.append(params[f.key])
+        elif f.name in params:
+            values.append(params[f.name])
+        else:
+            return None
+    return tuple(values)
+
+
+def _insert(
+    state: ORMExecuteState, plan: TablePlan, connection: Connection, moment: datetime
+) -> tuple[Result[Any], list[Change]]:
+    statement = state.statement
+    assert isinstance(statement, Insert)
+    stamp = _stamp(plan, moment)
+    params = _param_list(state)
+    invoke_params: list[dict[str, Any]] | dict[str, Any] | None = None
+    if stamp:
+        if state.is_executemany:
+            invoke_params = [stamp] * len(params)
+        elif not statement._multi_values:
+            statement = statement.values(**stamp)
+    conflict = statement._post_values_clause
+    upsert = conflict is not None and not isinstance(conflict, (PgDoNothing, SqliteDoNothing))
+    existing: Rows = {}
+    if upsert and conflict is not None:
+        existing = _conflicting_rows(statement, conflict, plan, params, connection)
+    user_columns = len(statement._returning)
+    statement = statement.returning(*(f.column for f in plan.selected))
+    result = state.invoke_statement(statement=statement, params=invoke_params)
+    keys = [f.key for f in plan.selected]
+    width = len(plan.pk)
+    if user_columns:
+        frozen = result.freeze()
+        rows = [tuple(row)[user_columns:] for row in frozen()]
+        result = frozen().columns(*range(user_columns))
+    else:
+        rows = [tuple(row) for row in result]
+    changes: list[Change] = []
+    for row in rows:
+        values = dict(zip(keys, row, strict=True))
+        previous = existing.get(tuple(row[:width]))
+        if previous is None:
+            changes.append(plan.inserted(values))
+        else:
+            change = plan.updated(tuple(row[:width]), previous, values)
+            if change is not None:
+                changes.append(change)
+    return result, changes
+
+
+def _conflicting_rows(
+    statement: Insert,
+    conflict: ClauseElement,
+    plan: TablePlan,
+    params: Sequence[Mapping[str, Any]],
+    connection: Connection,
+) -> Rows:
+    """The rows an upsert will update: those already holding its conflict target's values."""
+    target = _conflict_columns(conflict, plan)
+    names = [c.name for c in target]
+    candidates: list[PkValues] = []
+    for row in _inserted_values(statement, plan, params):
+        if any(name not in row for name in names):
+            raise AuditError(
+                f"cannot audit an upsert into {plan.table_name}: the values of its conflict target {names} "
+                "must be given as plain values"
+            )
+        candidates.append(tuple(row[name] for name in names))
+    if not candidates:
+        return {}
+    fields = [Field(c.name, c, c.name, f"{plan.table_name}.{c.name}", False) for c in target]
+    return select_where(connection, plan, pk_condition(fields, candidates), lock=True)
+
+
+def _conflict_columns(conflict: ClauseElement, plan: TablePlan) -> list[Column[Any]]:
+    table = plan.table
+    elements = getattr(conflict, "inferred_target_elements", None)
+    if elements:
+        return [table.c[e] if isinstance(e, str) else table.c[e.name] for e in elements]
+    name = getattr(conflict, "constraint_target", None)
+    if name:
+        for constraint in table.constraints:
+            if constraint.name == name:
+                return list(constraint.columns)  # type: ignore[attr-defined]
+        for index in table.indexes:
+            if index.name == name:
+                return [c for c in index.columns]
+    return [f.column for f in plan.pk]
+
+
+def _inserted_values(statement: Insert, plan: TablePlan, params: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The rows an INSERT carries, by column name; values that are SQL expressions are left out."""
+    raw: list[Mapping[Any, Any]] = list(params)
+    if not raw and statement._multi_values:
+        for given_row in statement._multi_values[0]:
+            if isinstance(given_row, Mapping):
+                raw.append(given_row)
+            else:  # positional, in table column order
+                raw.append(dict(zip(plan.table.columns, given_row, strict=False)))
+    if not raw and statement._values:
+        raw.append(statement._values)
+    rows: list[dict[str, Any]] = []
+    for given in raw:
+        row: dict[str, Any] = {}
+        for key, value in given.items():
+            name = key if isinstance(key, str) else getattr(key, "key", None)
+            field = plan.lookup.get(name) if isinstance(name, str) else None
+            column_name = field.name if field is not None else name
+            if isinstance(value, BindParameter):
+                value = value.value
+            elif isinstance(value, ClauseElement):
+                continue
+            if isinstance(column_name, str):
+                row[column_name] = value
+        rows.append(row)
+    return rows
