@@ -1,27 +1,35 @@
 """What ``OpenAIInstrumentor`` adds to a chat call, against the fake OpenAI server on loopback.
 
     python benchmarks/bench_openai.py [--rounds 40] [--calls 50] [--latency-ms 0]
+                                      [--server subprocess|thread] [--no-gc]
 
-The real ``openai`` client calls ``chat.completions.create`` on tests/_fake_openai.py (uvicorn in
-a thread of this process) inside a session, with ``configure()``'s processors (stamping,
-redaction) and a batch exporter to memory. Two modes, each uninstrumented (``plain``: the SDK
-method kept from before instrumenting, the same code minus ours) and instrumented (``traced``):
-a plain answer, and a stream of 7 chunks with usage read to the end. Content capture is off,
-its default.
+The real ``openai`` client calls ``chat.completions.create`` on tests/_fake_openai.py inside a
+session, with ``configure()``'s processors (stamping, redaction) and a batch exporter to memory.
+The server is uvicorn in a child process by default, as a provider is another machine;
+``--server thread`` runs it in a thread of this process, where its Python competes with the
+client's for the GIL (and the ratio measures that interplay as much as our code).
+Two modes, each uninstrumented (``plain``: the SDK method kept from before instrumenting, the
+same code minus ours) and instrumented (``traced``): a plain answer, and a stream of 7 chunks
+with usage read to the end. Content capture is off, its default.
 
 A loopback round trip with no latency is the cheapest an HTTP call ever gets (~2 ms here, most
 of it the SDK's own Python), so ``--latency-ms 0`` is the worst case for the ratio; the added
 microseconds per call are the figure that carries over to a real provider (hundreds of ms).
 The machine is assumed noisy: within a round the two variants alternate call by call, and the
 headline figure is the median over rounds of each round's traced/plain ratio (wall clock; the
-process CPU ratio is shown beside it).
+process CPU ratio is shown beside it; with the server in a child process it is the client's CPU).
+``--no-gc`` disables the cyclic garbage collector during the timed rounds, a diagnostic: the
+difference it makes is what collections triggered by our allocations cost.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
+import os
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -55,6 +63,47 @@ class Variant:
     cpu: list[float] = field(default_factory=list)  # process CPU µs per call (client + server threads)
 
 
+_SERVE = """
+import sys, time
+sys.path.insert(0, sys.argv[1])
+from _fake_openai import FakeOpenAI
+with FakeOpenAI(latency=float(sys.argv[2])) as server:
+    print(server.base_url, flush=True)
+    sys.stdin.read()  # until the parent closes our stdin
+"""
+
+
+@contextlib.contextmanager
+def fake_server(where: str, latency: float) -> Any:
+    """The fake OpenAI server's base URL, in a child process or in a thread of this one."""
+    if where == "thread":
+        with FakeOpenAI(latency=latency) as server:
+            yield server.base_url
+        return
+    tests = str(Path(__file__).resolve().parents[1] / "tests")
+    child = subprocess.Popen(
+        [sys.executable, "-c", _SERVE, tests, str(latency)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OTEL_SDK_DISABLED": "true"},
+    )
+    try:
+        assert child.stdout is not None
+        base_url = child.stdout.readline().strip()
+        if not base_url:
+            raise RuntimeError("the fake OpenAI server did not start")
+        yield base_url
+    finally:
+        assert child.stdin is not None
+        child.stdin.close()
+        try:
+            child.wait(10)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+
+
 def run_round(plain: Variant, traced: Variant, calls: int) -> None:
     """``calls`` calls of each, alternating one by one (the order flipped every other call), so that
     whatever the machine does meanwhile falls on both alike."""
@@ -81,6 +130,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--latency-ms", type=float, default=0.0, help="server delay before each answer (default: %(default)s)"
     )
+    parser.add_argument(
+        "--server", choices=("subprocess", "thread"), default="subprocess", help="where the fake server runs"
+    )
+    parser.add_argument("--no-gc", action="store_true", help="disable the garbage collector in the timed rounds")
     args = parser.parse_args(argv)
 
     configuration = configure(exporter="none")  # stamping and redaction, as an application has them
@@ -92,8 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     create = Completions.create
     OpenAIInstrumentor().instrument()
     with (
-        FakeOpenAI(latency=args.latency_ms / 1000) as server,
-        openai.OpenAI(base_url=server.base_url, api_key="test", max_retries=0) as client,
+        fake_server(args.server, args.latency_ms / 1000) as base_url,
+        openai.OpenAI(base_url=base_url, api_key="test", max_retries=0) as client,
     ):
         completions = client.chat.completions
         request: dict[str, Any] = {"model": "gpt-4o-mini", "messages": MESSAGES, "temperature": 0.2}
@@ -118,17 +171,22 @@ def main(argv: list[str] | None = None) -> int:
                 for _ in range(args.warmup):
                     plain.call()
                     traced.call()
-            for _ in range(args.rounds):
-                for plain, traced in pairs.values():
-                    run_round(plain, traced, args.calls)
-                exporter.clear()
+            if args.no_gc:
+                gc.disable()
+            try:
+                for _ in range(args.rounds):
+                    for plain, traced in pairs.values():
+                        run_round(plain, traced, args.calls)
+                    exporter.clear()
+            finally:
+                gc.enable()
     OpenAIInstrumentor().uninstrument()
     assert len(pairs["answer"][1].wall) == args.rounds
 
     print(
         f"python {sys.version.split()[0]}, openai {openai.__version__}, {args.rounds} rounds x {args.calls} calls "
-        f"per variant, alternating; fake OpenAI server on loopback, {args.latency_ms:g} ms latency; "
-        "content capture off"
+        f"per variant, alternating; fake OpenAI server on loopback ({args.server}), {args.latency_ms:g} ms latency; "
+        f"content capture off{'; gc disabled while timing' if args.no_gc else ''}"
     )
     print()
     header = (

@@ -1,18 +1,24 @@
 """The claims-triage example (examples/claims_triage): its data set, its model, its workflow rules,
-and its OpenAI branch against the fake OpenAI server on loopback. The two services running together
-are tested by test_demo.py."""
+its audited records, and its OpenAI branch against the fake OpenAI server on loopback. The two
+services running together are tested by test_demo.py (and on PostgreSQL by test_demo_audit.py)."""
 
 from __future__ import annotations
 
 import asyncio
+import io
+import json
 import math
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan
+from sqlalchemy import create_engine, select
 
 from claims_triage import model
 from claims_triage.intake import uses_openai
@@ -313,3 +319,126 @@ class TestIntakeApp:
         assert "line must be one of" in invalid.json()["error"]
         assert malformed.status_code == 400
         assert wrong_route.status_code == 404
+
+
+class TestRecords:
+    """The claims and reserves are audited models: each write lands in the audit log with the span
+    of the step that made it (records.py), and the span event carries the values (a demo setting)."""
+
+    @pytest.fixture
+    def database(self, tmp_path: Path) -> Iterator[Any]:
+        from claims_triage.records import ClaimsDatabase
+
+        database = ClaimsDatabase(f"sqlite:///{tmp_path / 'claims.sqlite3'}")
+        try:
+            yield database
+        finally:
+            database.close()
+
+    @staticmethod
+    def _audit_rows(database: Any) -> list[dict[str, Any]]:
+        from claims_triage.records import AUDIT_LOG
+
+        with database.engine.connect() as conn:
+            return [dict(row) for row in conn.execute(select(AUDIT_LOG).order_by(AUDIT_LOG.c.seq)).mappings()]
+
+    def test_each_step_writes_the_claim_under_its_own_span(
+        self, capsession: CapturedSpans, trained: SeverityModel, database: Any
+    ) -> None:
+        from claims_triage.records import Claim as ClaimRow
+        from claims_triage.records import IntakeRecords
+
+        with session() as s:
+            outcome = asyncio.run(
+                triage(
+                    {**VALID, "description": AMBIGUOUS[0]},
+                    classifier=LocalClassifier(trained),
+                    reviewer=StandInReviewer(model.load_examples()),
+                    reserve_funds=_reserve,
+                    records=IntakeRecords(database),
+                )
+            )
+        steps = {span.context.span_id: span.name for span in capsession.spans if span.name.startswith("step ")}
+        rows = self._audit_rows(database)
+        made = [(steps.get(int(row["span_id"], 16)), row["change_type"], row["changed_fields"]) for row in rows]
+        assert made == [
+            ("step validate claim", "insert", list(_CLAIM_COLUMNS)),
+            ("step classify severity", "update", ["severity", "confidence"]),
+            ("step human review", "update", ["status"]),
+            ("step human review", "update", ["status"]),
+            ("step reserve funds", "update", ["status", "reserve_id"]),
+        ]
+        assert {row["session_id"] for row in rows} == {s.id}
+        assert [row["seq"] for row in rows] == [1, 2, 3, 4, 5]
+        classified = rows[1]
+        assert classified["previous_values"] == {"severity": None, "confidence": None}
+        assert classified["new_values"] == {"severity": outcome.severity, "confidence": round(outcome.confidence, 4)}
+        assert [row["new_values"]["status"] for row in rows[2:]] == ["in_review", "reviewed", "reserved"]
+        with database.sessions() as orm:
+            claim = orm.get(ClaimRow, outcome.claim.id)
+            assert claim is not None
+            assert (claim.status, claim.severity, claim.reserve_id) == ("reserved", outcome.severity, "R-00001")
+            assert claim.amount == Decimal("2400.00")
+            assert claim.session_id == s.id
+        # The span event of each change carries its values too: the demo records them in spans.
+        (event,) = [
+            e for e in capsession.named("step classify severity")[0].events if e.name == semconv.DB_CHANGE_EVENT
+        ]
+        attributes = dict(event.attributes or {})
+        assert attributes[semconv.DB_COLLECTION_NAME] == "claims"
+        assert json.loads(str(attributes[semconv.DB_NEW_VALUES])) == classified["new_values"]
+
+    def test_the_ledger_writes_the_reserve_in_its_step(self, capsession: CapturedSpans, database: Any) -> None:
+        from claims_triage.ledger import Ledger, make_app
+
+        body = json.dumps({"claim_id": "CL-1", "policy": "P-1042", "severity": "high", "amount": 38500}).encode()
+        environ = {
+            "REQUEST_METHOD": "POST",
+            "PATH_INFO": "/reserves",
+            "CONTENT_LENGTH": str(len(body)),
+            "wsgi.input": io.BytesIO(body),
+        }
+        statuses: list[str] = []
+        answer = b"".join(make_app(Ledger(database))(environ, lambda status, headers: statuses.append(status)))
+        assert statuses == ["201 Created"]
+        reserve_id = json.loads(answer)["reserve_id"]
+        (row,) = self._audit_rows(database)
+        (step_span,) = capsession.named("step record reserve")
+        assert int(row["span_id"], 16) == step_span.context.span_id
+        assert (row["table_name"], row["change_type"]) == ("reserves", "insert")
+        assert json.loads(row["record_id"]) == {"id": reserve_id}
+        assert row["new_values"] == {
+            "id": reserve_id,
+            "claim_id": "CL-1",
+            "policy": "P-1042",
+            "severity": "high",
+            "amount": "38500.00",
+        }
+
+    def test_services_starting_together_create_the_schema_once(self, tmp_path: Path) -> None:
+        """Both services create what is missing at start-up, at the same moment in the demo."""
+        from claims_triage.records import create_schema
+
+        url = f"sqlite:///{tmp_path / 'fresh.sqlite3'}"
+        engines = [create_engine(url, connect_args={"timeout": 30}) for _ in range(6)]
+        errors: list[BaseException] = []
+        barrier = threading.Barrier(len(engines))
+
+        def start(engine: Any) -> None:
+            barrier.wait()
+            try:
+                create_schema(engine)
+            except BaseException as error:
+                errors.append(error)
+
+        threads = [threading.Thread(target=start, args=(engine,)) for engine in engines]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        for engine in engines:
+            engine.dispose()
+        assert not errors
+
+
+_CLAIM_COLUMNS = ("id", "policy", "line", "amount", "description", "severity", "confidence", "status", "reserve_id")

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import http.server
 import logging
+import re
 import threading
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import requests
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from opentelemetry.sdk.trace import ConcurrentMultiSpanProcessor, ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -34,6 +37,7 @@ from sessiontrace.redaction import (
     FAILED,
     RedactingSpanProcessor,
     Redactor,
+    _detectors,
     add_span_processor_first,
     iban_checksum,
     install_log_redaction,
@@ -147,6 +151,156 @@ class TestDetectors:
     def test_unchanged_text_is_the_same_object(self) -> None:
         text = "nothing to see here, only prose and the number 42"
         assert scan(text) is text
+
+
+# Every text of the detector tests above, for the engine comparisons below.
+_TRUE_POSITIVES = [text for text, _ in TestDetectors.test_true_positives.pytestmark[0].args[1]]  # type: ignore[attr-defined]
+_NEAR_MISSES = list(TestDetectors.test_near_misses_are_kept.pytestmark[0].args[1])  # type: ignore[attr-defined]
+_PADDING = 'Plain prose with a date 2024-03-12 10:30, an amount of $1,250.00 and a JSON key "role": "user". '
+_FRAGMENTS = [
+    *_TRUE_POSITIVES,
+    *_NEAR_MISSES,
+    *"@ eyJ sk- sk_ AKIA ASIA ghp_ github_ xoxb- AIza password PassWord api_key token Auth : = :// \" '".split(),  # noqa: SIM905
+    *"+ ( ) - . _ 0 1 4 9 12 415 555-0132 4111 1111 AB GB DE89 Z a é 中 😀 0123456789 2024-01-15".split(),  # noqa: SIM905
+    *(" ", "  ", "    ", "\t", "\n", "\u212a", "\u0130", "\u00a0", "Bearer ", "Basic ", "x" * 30),
+]
+
+
+def _both(scanner: _detectors.Scanner, text: str) -> tuple[str, str]:
+    """The text through the scanner's own path and through the pure re reference."""
+    return scanner.scan(text), scanner.scan_re(text)
+
+
+class TestEngines:
+    """The hyperscan candidate finder (long strings) and the clean-string cache (short ones) give
+    exactly what the pure ``re`` scan gives: the same markers at the same places, nothing missed."""
+
+    scanner = _detectors.Scanner()
+
+    def test_hyperscan_is_used_for_long_strings(self) -> None:
+        assert _detectors.FAST_ENGINE, "hyperscan is a dependency: the fast path must be importable here"
+        assert self.scanner.engine == "hyperscan"
+        assert _detectors.Scanner(engine="re").engine == "re"
+        with pytest.raises(ValueError, match="engine"):
+            _detectors.Scanner(engine="pcre")  # type: ignore[arg-type]
+
+    @pytest.mark.parametrize("text", _TRUE_POSITIVES + _NEAR_MISSES)
+    def test_detector_texts_long_and_short(self, text: str) -> None:
+        for variant in (text, _PADDING * 3 + text, text + _PADDING * 3, _PADDING * 2 + text + " " + text + _PADDING):
+            fast, reference = _both(self.scanner, variant)
+            assert fast == reference, variant
+        if len(text) <= 256:
+            assert self.scanner.scan(text) == self.scanner.scan(text) == self.scanner.scan_re(text)
+
+    def test_benchmark_prompts(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        import importlib
+        from pathlib import Path
+
+        monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+        bench_redaction = importlib.import_module("bench_redaction")
+        for personal in (True, False):
+            text = bench_redaction.prompt(personal)
+            fast, reference = _both(self.scanner, text)
+            assert fast == reference
+            assert ("[REDACTED:" in fast) is personal
+
+    @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(st.lists(st.sampled_from(_FRAGMENTS), min_size=1, max_size=40), st.booleans())
+    def test_random_texts(self, fragments: list[str], pad: bool) -> None:
+        text = "".join(fragments)
+        if pad:
+            text = _PADDING * 3 + text
+        fast, reference = _both(self.scanner, text)
+        assert fast == reference
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.lists(st.sampled_from(_FRAGMENTS), min_size=1, max_size=40))
+    def test_every_match_is_a_candidate(self, fragments: list[str]) -> None:
+        """The finder's list covers every place where the combined pattern matches (for secret,
+        where its validator accepts the match), not just the ones the scan happens to visit."""
+        text = _PADDING * 3 + "".join(fragments)
+        scanner = self.scanner
+        assert scanner._finder is not None
+        assert scanner._pattern is not None
+        candidates = set(scanner._finder.find(text))
+        for at in range(len(text)):
+            match = scanner._pattern.match(text, at)
+            if match is None:
+                continue
+            if match.lastgroup == "secret" and _detectors._secret(text, *match.span()) is None:
+                continue
+            assert at in candidates, (at, match.lastgroup, text[max(0, at - 20) : at + 20])
+
+    @pytest.mark.parametrize(
+        "detectors", [["email"], ["secret"], ["card", "phone"], ["iban", "nino", "ssn"], ["jwt", "api_key"]]
+    )
+    def test_detector_subsets(self, detectors: list[str]) -> None:
+        scanner = _detectors.Scanner(detectors)
+        for text in _TRUE_POSITIVES + _NEAR_MISSES:
+            long = _PADDING * 3 + text + " " + text
+            assert scanner.scan(long) == scanner.scan_re(long)
+
+    def test_candidate_expressions_read_the_same_both_ways(self) -> None:
+        """Each backward expression (what hyperscan runs, on the reversed text) matches exactly the
+        reversals of what its forward form (what the comments and reviews read) matches."""
+        import random
+
+        rng = random.Random(7)
+        secret = {forward for forward, _, _ in _detectors.candidate_expressions(["secret"])}
+        alphabet = "0123456789 ().-+_:=\"'\tABCDKSZIaeghiksoprtuwxyzJ@é"
+        for forward, backward, k in _detectors.candidate_expressions(_detectors.DETECTORS):
+            flags = re.IGNORECASE if forward in secret else 0
+            ahead, behind = re.compile(forward, flags), re.compile(backward, flags)
+            for _ in range(3000):
+                sample = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 30)))
+                assert bool(ahead.fullmatch(sample)) == bool(behind.fullmatch(sample[::-1])), (forward, sample)
+            assert 0 <= k <= len("authorization") + 4
+
+    def test_kelvin_sign_takes_the_re_path(self) -> None:
+        # "apiKey" with U+212A KELVIN SIGN: the validator lowers it to "apikey"; hyperscan could not.
+        text = _PADDING * 3 + "api\u212aey=abcdef123456 end"
+        fast, reference = _both(self.scanner, text)
+        assert fast == reference
+        assert "[REDACTED:secret]" in fast
+
+    def test_non_ascii_text(self) -> None:
+        text = "Grüße 😀 " * 40 + "schreib an jörg@example.com oder ruf +49 30 1234 5678 an; 中文 4111 1111 1111 1111"
+        fast, reference = _both(self.scanner, text)
+        assert fast == reference
+        assert fast.count("[REDACTED:") == 3
+
+    def test_hyperscan_failure_falls_back(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        scanner = _detectors.Scanner()
+        assert scanner._finder is not None
+
+        def broken(self: object, text: str) -> list[int]:
+            raise RuntimeError("scratch in use")
+
+        monkeypatch.setattr(_detectors._Finder, "find", broken)
+        text = _PADDING * 3 + "mail bob@example.com"
+        assert scanner.scan(text) == scanner.scan_re(text) == text.replace("bob@example.com", "[REDACTED:email]")
+
+    def test_threads(self) -> None:
+        """One hyperscan scratch space per thread: concurrent scans neither fail nor mix results."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        texts = [_PADDING * 3 + f"user{n}@example.com card 4111 1111 1111 1111 n={n}" for n in range(64)]
+        expected = [self.scanner.scan_re(text) for text in texts]
+        with ThreadPoolExecutor(8) as pool:
+            for _ in range(5):
+                assert list(pool.map(self.scanner.scan, texts)) == expected
+
+    def test_only_clean_short_strings_are_remembered(self) -> None:
+        scanner = _detectors.Scanner()
+        assert scanner.scan("POST /v1/chat/completions") == "POST /v1/chat/completions"
+        assert scanner.scan("mail bob@example.com") == "mail [REDACTED:email]"
+        assert scanner._clean == {"POST /v1/chat/completions"}  # never the personal data
+        assert scanner.scan("POST /v1/chat/completions") == "POST /v1/chat/completions"
+
+    def test_luhn_keeps_reading_unicode_digits(self) -> None:
+        assert luhn("\u0664\u0661\u0661\u0661" + "1" * 12)  # Arabic-Indic 4111 then 1s, as int() reads them
+        with pytest.raises(ValueError, match="invalid literal"):
+            luhn("41x1")
 
 
 class TestKeys:

@@ -10,8 +10,11 @@ The severity comes from the local model trained at start-up, or from an OpenAI c
 ``OPENAI_API_KEY`` or ``OPENAI_BASE_URL`` is set (``CLAIMS_TRIAGE_OPENAI_MODEL``, default
 ``gpt-4o-mini``).
 
-    python -m claims_triage.ledger --port 8002 &
-    python -m claims_triage.intake --port 8001 --ledger http://127.0.0.1:8002
+With ``--audit-db URL`` (default: ``SESSIONTRACE_DEMO_AUDIT_DB``) the claims are kept in that
+database through audited models (``records.py``), each write inside the step that makes it.
+
+    python -m claims_triage.ledger --port 8002 --audit-db sqlite:///claims.sqlite3 &
+    python -m claims_triage.intake --port 8001 --ledger http://127.0.0.1:8002 --audit-db sqlite:///claims.sqlite3
 """
 
 from __future__ import annotations
@@ -23,17 +26,18 @@ import os
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from opentelemetry import trace
 
 import sessiontrace
+from claims_triage import AUDIT_DB_ENV, model
 from claims_triage import attributes as attr
-from claims_triage import model
 from claims_triage.triage import (
     CONFIDENCE_THRESHOLD,
     Claim,
+    ClaimRecords,
     Classifier,
     InvalidClaim,
     LocalClassifier,
@@ -42,6 +46,9 @@ from claims_triage.triage import (
     StandInReviewer,
     triage,
 )
+
+if TYPE_CHECKING:
+    from claims_triage.records import ClaimsDatabase
 
 log = logging.getLogger("claims_triage.intake")
 tracer = trace.get_tracer("claims_triage.intake")
@@ -53,7 +60,14 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
-def make_app(classifier: Classifier, reviewer: Reviewer, ledger_url: str, threshold: float) -> ASGIApp:
+def make_app(
+    classifier: Classifier,
+    reviewer: Reviewer,
+    ledger_url: str,
+    threshold: float,
+    records: ClaimRecords | None = None,
+    on_shutdown: Callable[[], None] | None = None,
+) -> ASGIApp:
     # One client for the service's life: building one per request costs tens of milliseconds.
     clients: list[httpx.AsyncClient] = []
 
@@ -69,7 +83,7 @@ def make_app(classifier: Classifier, reviewer: Reviewer, ledger_url: str, thresh
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            await _lifespan(receive, send, clients)
+            await _lifespan(receive, send, clients, on_shutdown)
             return
         if (scope["method"], scope["path"]) != ("POST", "/claims"):
             await _answer(send, 404, {"error": "POST /claims only"})
@@ -90,7 +104,12 @@ def make_app(classifier: Classifier, reviewer: Reviewer, ledger_url: str, thresh
         session = sessiontrace.current_session()
         try:
             outcome = await triage(
-                raw, classifier=classifier, reviewer=reviewer, reserve_funds=reserve_funds, threshold=threshold
+                raw,
+                classifier=classifier,
+                reviewer=reviewer,
+                reserve_funds=reserve_funds,
+                threshold=threshold,
+                records=records,
             )
         except InvalidClaim as error:
             await _answer(send, 422, {"error": str(error), "session_id": session.id if session else None})
@@ -119,11 +138,15 @@ def notify_adjuster(claim_id: str, severity: str) -> None:
         log.info("adjuster notified of claim %s (%s)", claim_id, severity)
 
 
-async def _lifespan(receive: Receive, send: Send, clients: list[httpx.AsyncClient]) -> None:
+async def _lifespan(
+    receive: Receive, send: Send, clients: list[httpx.AsyncClient], on_shutdown: Callable[[], None] | None
+) -> None:
     while (await receive())["type"] != "lifespan.shutdown":
         await send({"type": "lifespan.startup.complete"})
     for client in clients:
         await client.aclose()
+    if on_shutdown is not None:
+        on_shutdown()
     # uvicorn re-raises SIGTERM after shutting down, which skips atexit: flush here.
     background.shutdown(wait=True)
     flush = getattr(trace.get_tracer_provider(), "force_flush", None)
@@ -148,6 +171,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=8001)
     parser.add_argument("--ledger", default="http://127.0.0.1:8002", help="base URL of the ledger service")
     parser.add_argument("--threshold", type=float, default=CONFIDENCE_THRESHOLD, help="human review below this")
+    parser.add_argument(
+        "--audit-db",
+        default=os.environ.get(AUDIT_DB_ENV),
+        metavar="URL",
+        help="keep the claims in this database, audited [env: SESSIONTRACE_DEMO_AUDIT_DB; default: no database]",
+    )
     args = parser.parse_args(argv)
 
     import uvicorn
@@ -173,8 +202,22 @@ def main(argv: list[str] | None = None) -> None:
     else:
         classifier = LocalClassifier(trained)
     reviewer = StandInReviewer(model.load_examples())
+    database: ClaimsDatabase | None = None
+    records: ClaimRecords | None = None
+    if args.audit_db:
+        from claims_triage.records import ClaimsDatabase, IntakeRecords
 
-    app = make_app(classifier, reviewer, args.ledger.rstrip("/"), args.threshold)
+        database = ClaimsDatabase(args.audit_db)
+        records = IntakeRecords(database)
+
+    app = make_app(
+        classifier,
+        reviewer,
+        args.ledger.rstrip("/"),
+        args.threshold,
+        records=records,
+        on_shutdown=database.close if database is not None else None,
+    )
     wrapped = OpenTelemetryMiddleware(SessionMiddleware(app, trigger_source="api"))
     uvicorn.run(wrapped, host="127.0.0.1", port=args.port, log_level="warning", lifespan="on")
 

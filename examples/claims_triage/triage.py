@@ -7,6 +7,10 @@
    human (status ``waiting_for_human``) and records the verdict as a review linked to the AI call.
    Here the "human" is ``StandInReviewer``, an automatic stand-in, so the example runs unattended.
 4. ``reserve funds``: the ledger service, over HTTP; the session and the run travel with the call.
+
+With ``records`` (``records.IntakeRecords``: an audited database) each step also writes the claim:
+inserted at validation, its severity and confidence at classification, its status in review and
+once reserved. Each write is made inside its step, so the audit log ties it to that step's span.
 """
 
 from __future__ import annotations
@@ -221,6 +225,29 @@ class StandInReviewer:
         return Verdict(decision, severity, reason)
 
 
+# --- the records ----------------------------------------------------------------------------------------
+class ClaimRecords(Protocol):
+    """Where the workflow keeps the claim as it moves (``records.IntakeRecords``)."""
+
+    async def filed(self, claim: Claim) -> None:
+        """The claim is valid: record it."""
+        ...
+
+    async def updated(self, claim_id: str, **values: Any) -> None:
+        """Set columns of the claim (``severity``, ``confidence``, ``status``, ``reserve_id``)."""
+        ...
+
+
+class NoRecords:
+    """Keeps nothing: the workflow without a database."""
+
+    async def filed(self, claim: Claim) -> None:
+        pass
+
+    async def updated(self, claim_id: str, **values: Any) -> None:
+        pass
+
+
 # --- the workflow ---------------------------------------------------------------------------------------
 ReserveFunds = Callable[[Claim, str], Awaitable[str]]
 """Reserve the claim's amount at the given severity; returns the reserve id."""
@@ -233,8 +260,10 @@ async def triage(
     reviewer: Reviewer,
     reserve_funds: ReserveFunds,
     threshold: float = CONFIDENCE_THRESHOLD,
+    records: ClaimRecords | None = None,
 ) -> Outcome:
     """Run the ``claims-triage`` workflow on one claim. ``InvalidClaim`` when it breaks a rule."""
+    records = records or NoRecords()
     async with workflow(WORKFLOW):
         run_span = trace.get_current_span()
         async with step("validate claim"):
@@ -242,6 +271,7 @@ async def triage(
             trace.get_current_span().set_attributes(
                 {attr.CLAIM_ID: claim.id, attr.CLAIM_POLICY: claim.policy, attr.CLAIM_LINE: claim.line}
             )
+            await records.filed(claim)
         run_span.set_attribute(attr.CLAIM_ID, claim.id)
 
         async with step("classify severity"):
@@ -249,20 +279,24 @@ async def triage(
             trace.get_current_span().set_attribute(
                 attr.CLAIM_SEVERITY_PROBABILITIES, [f"{k} {v:.2f}" for k, v in proposal.probabilities.items()]
             )
+            await records.updated(claim.id, severity=proposal.label, confidence=round(proposal.probability, 4))
         severity, decided_by = proposal.label, "model"
 
         if proposal.probability < threshold:
             async with step("human review"):
                 set_status("waiting_for_human", f"confidence {proposal.probability:.2f} is below {threshold}")
+                await records.updated(claim.id, status="in_review")
                 verdict = await reviewer.review(claim, proposal)
                 record_review(
                     ai_span, verdict.decision, reason=verdict.reason, reviewer=reviewer.id, label=verdict.severity
                 )
+                await records.updated(claim.id, status="reviewed", severity=verdict.severity)
                 set_status("running", f"reviewed: {verdict.decision} {verdict.severity}")
             severity, decided_by = verdict.severity, "reviewer"
 
         async with step("reserve funds"):
             reserve_id = await reserve_funds(claim, severity)
             trace.get_current_span().set_attribute(attr.RESERVE_ID, reserve_id)
+            await records.updated(claim.id, status="reserved", reserve_id=reserve_id)
         run_span.set_attributes({attr.CLAIM_SEVERITY: severity, attr.CLAIM_DECIDED_BY: decided_by})
     return Outcome(claim, severity, proposal.probability, decided_by, reserve_id)

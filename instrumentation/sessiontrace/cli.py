@@ -15,6 +15,9 @@ import click
 from sessiontrace._version import __version__
 
 if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from sessiontrace.path import SessionPath
     from sessiontrace.store import SpanStore
 
 EXIT_NOT_FOUND = 1
@@ -67,8 +70,14 @@ def sessions(store_path: Path, limit: int, fmt: str) -> None:
 @main.command()
 @click.argument("session_id")
 @click.option("--format", "fmt", type=click.Choice(["tree", "json"]), default="tree", show_default=True)
+@click.option(
+    "--audit-db",
+    metavar="URL",
+    help="Join the audit log in this database (SQLAlchemy URL or SQLite file): each change under its span, with"
+    " the diff. [tree only]",
+)
 @click.pass_obj
-def path(store_path: Path, session_id: str, fmt: str) -> None:
+def path(store_path: Path, session_id: str, fmt: str, audit_db: str | None) -> None:
     """Show the full path of SESSION_ID: every span of every trace it touched."""
     from sessiontrace._values import InvalidValue
     from sessiontrace._values import session_id as valid_session_id
@@ -78,6 +87,8 @@ def path(store_path: Path, session_id: str, fmt: str) -> None:
     except InvalidValue as exc:
         raise click.BadParameter(str(exc), param_hint="SESSION_ID") from exc
 
+    if audit_db is not None and fmt != "tree":
+        raise click.UsageError("--audit-db joins the audit log into the tree format only")
     from sessiontrace.sources import SessionNotFound
     from sessiontrace.sources.store import load_session_path
 
@@ -90,6 +101,8 @@ def path(store_path: Path, session_id: str, fmt: str) -> None:
         _fail(str(exc), EXIT_STORE)
     finally:
         store.close()
+    if audit_db is not None:
+        _join_audit_log(session_path, audit_db)
     if fmt == "json":
         from sessiontrace.render.json import dumps, path_document
 
@@ -100,18 +113,37 @@ def path(store_path: Path, session_id: str, fmt: str) -> None:
         print_path(session_path)
 
 
+def _join_audit_log(session_path: SessionPath, audit_db: str) -> None:
+    try:
+        from sessiontrace.sources.audit import AuditLogError, load_changes
+    except ImportError:
+        _fail("--audit-db needs SQLAlchemy: pip install 'sessiontrace[audit]'", EXIT_USAGE)
+    from sessiontrace.path import attach_changes
+
+    try:
+        attach_changes(session_path, load_changes(audit_db, session_path.trace_ids))
+    except AuditLogError as exc:
+        _fail(str(exc), EXIT_STORE)
+
+
 @main.command()
+@click.option(
+    "--audit-db",
+    metavar="URL",
+    help="Where the demo keeps its audited records: a SQLAlchemy URL (SQLite or PostgreSQL) or a SQLite file."
+    " [default: claims-audit.sqlite3 next to the store]",
+)
 @click.pass_obj
-def demo(store_path: Path) -> None:
+def demo(store_path: Path, audit_db: str | None) -> None:
     """Run a small multi-service demo into the store and show its session path."""
     from sessiontrace.demo import run_demo
 
-    sys.exit(run_demo(store_path))
+    sys.exit(run_demo(store_path, audit_db))
 
 
 @main.group()
 def audit() -> None:
-    """Set up and inspect the audit log of database changes."""
+    """Set up, verify, checkpoint and revert the audit log of database changes."""
 
 
 @audit.command()
@@ -182,6 +214,309 @@ def setup(
         engine.dispose()
     audited = f"; auditing {', '.join(table_names)}" if table_names else ""
     click.echo(f"audit log ready in {shown}{audited}")
+
+
+EXIT_BROKEN = 1
+EXIT_NOT_CHAINED = 3
+EXIT_REFUSED = 3
+EXIT_DATABASE = 4
+
+_DB_OPTION = click.option(
+    "--db",
+    "url",
+    required=True,
+    envvar="SESSIONTRACE_AUDIT_DB",
+    help="Database URL (PostgreSQL or sqlite:///file). [env: SESSIONTRACE_AUDIT_DB]",
+)
+_TABLE_OPTION = click.option("--table", "audit_table", default="audit_log", show_default=True, help="Audit log table.")
+_SCHEMA_OPTION = click.option(
+    "--schema", metavar="NAME", help="Schema of the audit log. [default: search_path's first]"
+)
+
+
+@audit.command(name="verify")
+@_DB_OPTION
+@click.option(
+    "--key-env",
+    metavar="VAR",
+    help="Environment variable holding the chain's HMAC key. [default: on PostgreSQL the installed key, "
+    "readable by the log's owner or a superuser; on SQLite the empty key]",
+)
+@_TABLE_OPTION
+@_SCHEMA_OPTION
+@click.option(
+    "--checkpoints",
+    "checkpoints_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Also check the signed checkpoints in this directory (`sessiontrace audit checkpoint`).",
+)
+@click.option("--checkpoint-key-env", metavar="VAR", help="Environment variable holding the checkpoints' key.")
+def audit_verify(
+    url: str,
+    key_env: str | None,
+    audit_table: str,
+    schema: str | None,
+    checkpoints_dir: Path | None,
+    checkpoint_key_env: str | None,
+) -> None:
+    """Verify the audit log's hash chain, row by row in seq order, and signed checkpoints.
+
+    \b
+    Exit codes:
+      0  the chain is intact (and every checkpoint holds)
+      1  tampering: the first broken row's seq and reason are printed
+         (hash mismatch: modified; seq gap: deleted; prev_hash mismatch:
+         inserted or reordered; checkpoint ...: rewritten and re-chained)
+      2  usage error (options, URL, key variable, unreadable installed key)
+      3  not chained: no audit log table, or rows whose seq is NULL
+      4  the database could not be reached or read
+    """
+    key = _env_key("--key-env", key_env) if key_env else None
+    checkpoint_key: bytes | None = None
+    if checkpoints_dir is not None:
+        if not checkpoint_key_env:
+            _fail("--checkpoints needs --checkpoint-key-env (the key the checkpoints were signed with)", EXIT_USAGE)
+        checkpoint_key = _env_key("--checkpoint-key-env", checkpoint_key_env)
+    engine, shown = _audit_engine(url)
+
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from sessiontrace.audit.verify import KeyUnavailableError, NotChainedError, verify
+
+    try:
+        report = verify(
+            engine,
+            key=key,
+            audit_table=audit_table,
+            schema=schema,
+            checkpoints=checkpoints_dir,
+            checkpoint_key=checkpoint_key,
+        )
+    except NotChainedError as exc:
+        _fail(f"{shown}: {exc}", EXIT_NOT_CHAINED)
+    except KeyUnavailableError as exc:
+        _fail(str(exc), EXIT_USAGE)
+    except SQLAlchemyError as exc:
+        _fail(f"{shown}: {_db_reason(exc)}", EXIT_DATABASE)
+    finally:
+        engine.dispose()
+    if report.broken is not None:
+        _fail(report.summary(), EXIT_BROKEN)
+    if report.unchained_rows:
+        _fail(report.summary(), EXIT_NOT_CHAINED)
+    click.echo(f"{report.summary()} ({report.rows_per_second:,.0f} rows/s)")
+
+
+@audit.command(name="checkpoint")
+@_DB_OPTION
+@click.option(
+    "--key-env",
+    metavar="VAR",
+    required=True,
+    help="Environment variable holding the checkpoint signing key (kept outside the database).",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Directory of checkpoints (created if missing); the new one links to the newest there.",
+)
+@click.option(
+    "--chain-key-env", metavar="VAR", help="Environment variable holding the chain's key. [default: as verify]"
+)
+@click.option("--no-verify", is_flag=True, help="Do not verify the rows since the previous checkpoint first.")
+@_TABLE_OPTION
+@_SCHEMA_OPTION
+def audit_checkpoint(
+    url: str,
+    key_env: str,
+    out_dir: Path,
+    chain_key_env: str | None,
+    no_verify: bool,
+    audit_table: str,
+    schema: str | None,
+) -> None:
+    """Write a signed checkpoint of the audit log's head (seq, row_hash) into --out.
+
+    \b
+    Exit codes:
+      0  written (its path is printed)
+      1  refused: the chain or the existing checkpoints do not hold
+      2  usage error
+      3  not chained: no audit log table, or rows whose seq is NULL
+      4  the database could not be reached or read
+    """
+    signing_key = _env_key("--key-env", key_env)
+    chain_key = _env_key("--chain-key-env", chain_key_env) if chain_key_env else None
+    engine, shown = _audit_engine(url)
+
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from sessiontrace.audit.checkpoint import CheckpointError, write_checkpoint
+    from sessiontrace.audit.verify import KeyUnavailableError, NotChainedError
+
+    try:
+        checkpoint, path = write_checkpoint(
+            engine,
+            out_dir,
+            signing_key=signing_key,
+            chain_key=chain_key,
+            audit_table=audit_table,
+            schema=schema,
+            verify_chain=not no_verify,
+        )
+    except NotChainedError as exc:
+        _fail(f"{shown}: {exc}", EXIT_NOT_CHAINED)
+    except KeyUnavailableError as exc:
+        _fail(str(exc), EXIT_USAGE)
+    except CheckpointError as exc:
+        _fail(str(exc), EXIT_BROKEN)
+    except OSError as exc:
+        _fail(f"--out {out_dir}: {exc}", EXIT_USAGE)
+    except SQLAlchemyError as exc:
+        _fail(f"{shown}: {_db_reason(exc)}", EXIT_DATABASE)
+    finally:
+        engine.dispose()
+    click.echo(f"checkpoint of {checkpoint.table} at seq {checkpoint.seq}: {path}")
+
+
+@audit.command(name="revert")
+@click.argument("session_id")
+@_DB_OPTION
+@click.option("--dry-run", is_flag=True, help="Show what would be undone and the conflicts; change nothing.")
+@click.option(
+    "--force", is_flag=True, help="Revert even over later sessions' changes; leave masked values as they are."
+)
+@click.option(
+    "--key-env", metavar="VAR", help="Environment variable holding the chain's key (SQLite; PostgreSQL ignores it)."
+)
+@click.option("--user", "user_id", metavar="ID", help="Who is reverting (user.id of the revert session).")
+@_TABLE_OPTION
+@_SCHEMA_OPTION
+def audit_revert(
+    session_id: str,
+    url: str,
+    dry_run: bool,
+    force: bool,
+    key_env: str | None,
+    user_id: str | None,
+    audit_table: str,
+    schema: str | None,
+) -> None:
+    """Undo every change SESSION_ID made, newest first, in one transaction, as a new audited session.
+
+    \b
+    Exit codes:
+      0  reverted (with --dry-run: would revert)
+      1  the audit log has no change by SESSION_ID
+      2  usage error (SESSION_ID is not a UUID, options, URL)
+      3  refused: later sessions changed the same fields, or values to restore
+         were recorded masked (--force reverts the rest anyway)
+      4  the database could not be reached, or the revert failed (rolled back)
+    """
+    from sessiontrace._values import InvalidValue
+    from sessiontrace._values import session_id as valid_session_id
+
+    try:
+        session_id = valid_session_id(session_id)
+        if user_id is not None:
+            from sessiontrace._values import user_id as valid_user_id
+
+            user_id = valid_user_id(user_id)
+    except InvalidValue as exc:
+        raise click.BadParameter(str(exc)) from exc
+    key = _env_key("--key-env", key_env) if key_env else None
+    engine, shown = _audit_engine(url)
+
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from sessiontrace.audit.revert import RevertError, RevertRefusedError, SessionNotFoundError, revert_session
+
+    try:
+        plan = revert_session(
+            engine,
+            session_id,
+            dry_run=dry_run,
+            force=force,
+            key=key,
+            audit_table=audit_table,
+            schema=schema,
+            user_id=user_id,
+        )
+    except SessionNotFoundError as exc:
+        _fail(str(exc), EXIT_NOT_FOUND)
+    except RevertRefusedError as exc:
+        _print_plan(exc.plan)
+        _fail(str(exc), EXIT_REFUSED)
+    except RevertError as exc:
+        _fail(f"{exc} (nothing was changed)", EXIT_DATABASE)
+    except SQLAlchemyError as exc:
+        _fail(f"{shown}: {_db_reason(exc)} (nothing was changed)", EXIT_DATABASE)
+    finally:
+        engine.dispose()
+    _print_plan(plan)
+    if dry_run:
+        if plan.refused:
+            _fail("dry run: the revert would be refused", EXIT_REFUSED)
+        click.echo(f"dry run: {len(plan.operations)} change(s) would be undone; nothing was changed")
+    else:
+        click.echo(
+            f"reverted {len(plan.operations)} change(s) of session {plan.session_id}"
+            f" in session {plan.revert_session_id}"
+        )
+
+
+def _print_plan(plan: object) -> None:
+    from sessiontrace.audit.revert import RevertPlan
+
+    assert isinstance(plan, RevertPlan)
+    for operation in plan.operations:
+        click.echo(f"  {operation}")
+    for conflict in plan.conflicts:
+        click.echo(f"conflict: {conflict}", err=True)
+    for blocker in plan.blockers:
+        click.echo(f"cannot restore: {blocker}", err=True)
+    for note in plan.skipped:
+        click.echo(f"forced: {note}", err=True)
+
+
+def _env_key(option: str, variable: str) -> bytes:
+    import os
+
+    value = os.environb.get(variable.encode())
+    if not value:
+        _fail(f"{option} {variable}: the variable is not set or empty", EXIT_USAGE)
+    return value
+
+
+def _audit_engine(url: str) -> tuple[Engine, str]:
+    """An engine for --db (PostgreSQL through psycopg 3, or SQLite), and the URL to show."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        _fail("--db is not a database URL (postgresql://user@host:5432/dbname or sqlite:///file)", EXIT_USAGE)
+    backend = parsed.get_backend_name()
+    if backend not in ("postgresql", "sqlite"):
+        _fail(f"--db must be a PostgreSQL or SQLite URL, not {backend}", EXIT_USAGE)
+    if parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    if backend == "sqlite":
+        database = parsed.database or ""
+        if database in ("", ":memory:") or database.startswith("file:"):
+            if not database.startswith("file:"):
+                _fail("--db: an in-memory SQLite database has no audit log", EXIT_USAGE)
+        elif not Path(database).is_file():
+            _fail(f"--db: no SQLite database at {database}", EXIT_DATABASE)
+    return create_engine(parsed), parsed.render_as_string(hide_password=True)
+
+
+def _db_reason(exc: Exception) -> str:
+    return str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
 
 
 def _open_store(store_path: Path) -> SpanStore:

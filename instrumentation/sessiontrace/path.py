@@ -3,6 +3,9 @@
 Pure data built from ``StoredSpan``s, whatever source read them (store, Jaeger, Tempo): no I/O
 here, and no import of any backend. A span whose parent is not among the spans (not exported
 yet, sampled out, or lost) becomes a root of its trace, flagged ``orphan``, so nothing is hidden.
+
+``attach_changes`` joins audited database changes (``StoredChange``s, read by ``sources.audit``)
+to the spans that made them, by ``trace_id`` / ``span_id``.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sessiontrace import semconv
-from sessiontrace.records import StoredEvent, StoredLink, StoredSpan
+from sessiontrace.records import StoredChange, StoredEvent, StoredLink, StoredSpan
 
 
 @dataclass(slots=True)
@@ -36,6 +39,8 @@ class PathSpan:
     scope_name: str | None = None
     orphan: bool = False
     children: list[PathSpan] = field(default_factory=list)
+    changes: tuple[StoredChange, ...] = ()
+    """The audit log's changes made under this span (``attach_changes``), in chain order."""
 
     @classmethod
     def from_stored(cls, span: StoredSpan) -> PathSpan:
@@ -85,6 +90,8 @@ class PathTrace:
 
     trace_id: str
     roots: list[PathSpan]
+    unplaced_changes: list[StoredChange] = field(default_factory=list)
+    """Audit log changes of this trace whose span is not in the path (not exported, or lost)."""
 
     @property
     def start_ns(self) -> int:
@@ -108,6 +115,9 @@ class SessionPath:
     user_id: str | None = None
     trigger_source: str | None = None
     trigger_type: str | None = None
+    audit_joined: bool = False
+    """Whether the audit log was joined (``attach_changes``): then a span's change event without
+    an audit row is news (rolled back, or written to another database)."""
 
     def walk(self) -> Iterator[PathSpan]:
         """Every span, trace by trace, depth first."""
@@ -117,6 +127,11 @@ class SessionPath:
     @property
     def span_count(self) -> int:
         return sum(1 for _ in self.walk())
+
+    @property
+    def trace_ids(self) -> list[str]:
+        """The ids of the session's traces, in path order (what the audit log is joined on)."""
+        return [trace.trace_id for trace in self.traces]
 
     @property
     def error_count(self) -> int:
@@ -162,6 +177,57 @@ def build_path(session_id: str, spans: Iterable[StoredSpan]) -> SessionPath:
     path.trigger_source = _first_attribute(path, semconv.TRIGGER_SOURCE)
     path.trigger_type = _first_attribute(path, semconv.TRIGGER_TYPE)
     return path
+
+
+def attach_changes(path: SessionPath, changes: Iterable[StoredChange]) -> SessionPath:
+    """Put each change under the span that made it (same ``trace_id`` and ``span_id``); a change of
+    one of the path's traces whose span is not in the path goes to its trace's ``unplaced_changes``,
+    and changes of other traces are ignored. Changes keep their given order (the log's: by
+    ``seq``). Attaching again replaces what was attached. Marks the path ``audit_joined`` and
+    returns it (the same object, changed in place)."""
+    traces = {trace.trace_id: trace for trace in path.traces}
+    spans = {(span.trace_id, span.span_id): span for span in path.walk()}
+    placed: dict[tuple[str, str], list[StoredChange]] = {}
+    unplaced: dict[str, list[StoredChange]] = {}
+    for change in changes:
+        if change.trace_id not in traces:
+            continue
+        key = (change.trace_id, change.span_id or "")
+        if key in spans:
+            placed.setdefault(key, []).append(change)
+        else:
+            unplaced.setdefault(change.trace_id, []).append(change)
+    for key, span in spans.items():
+        span.changes = tuple(placed.get(key, ()))
+    for trace_id, trace in traces.items():
+        trace.unplaced_changes = unplaced.get(trace_id, [])
+    path.audit_joined = True
+    return path
+
+
+def unmatched_change_events(span: PathSpan) -> list[StoredEvent]:
+    """The span's ``DB_CHANGE_EVENT``s that no attached change accounts for, in order. Each event is
+    paired with one change of the same table, record and type (and chain position, when the
+    event knows it); what is left had no audit row."""
+    unused = list(span.changes)
+    left: list[StoredEvent] = []
+    for event in span.events:
+        if event.name != semconv.DB_CHANGE_EVENT:
+            continue
+        a = event.attributes
+        seq = a.get(semconv.DB_AUDIT_SEQ)
+        for index, change in enumerate(unused):
+            if (
+                change.table_name == a.get(semconv.DB_COLLECTION_NAME)
+                and change.record_id == a.get(semconv.DB_RECORD_ID)
+                and change.change_type == a.get(semconv.DB_CHANGE_TYPE)
+                and (seq is None or change.seq is None or change.seq == seq)
+            ):
+                del unused[index]
+                break
+        else:
+            left.append(event)
+    return left
 
 
 def _tree(trace_id: str, members: dict[str, PathSpan]) -> PathTrace:

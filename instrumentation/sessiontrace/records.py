@@ -1,7 +1,9 @@
-"""What a source reads back: spans and session summaries, independent of the backend.
+"""What a source reads back: spans, session summaries and audited database changes, independent
+of the backend.
 
-The embedded store produces these today; Jaeger, Tempo and the audit DB will produce them too.
-The path model is built from them, so it never needs to know where a span was stored.
+The embedded store produces spans today, the audit log (``sources.audit``) the changes; Jaeger and
+Tempo will produce spans too. The path model is built from them, so it never needs to know where a
+span or a change was stored.
 """
 
 from __future__ import annotations
@@ -50,6 +52,33 @@ class StoredSpan:
     links: tuple[StoredLink, ...] = ()
     resource: Mapping[str, Any] = field(default_factory=dict)
     scope_name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredChange:
+    """One audited record change as read back from the audit log, joined to the span that made it
+    by ``trace_id`` / ``span_id``.
+
+    ``record_id`` is the primary key as the log keeps it, canonical JSON (``{"id":"CL-1"}``);
+    ``previous_values`` / ``new_values`` map columns to their JSON-encoded values (``None`` for an
+    insert's previous and a delete's new values; a ``Decimal`` is a string, masked columns are
+    ``"[MASKED]"``); ``changed_fields`` lists the columns that changed (all of them for an insert
+    or a delete). ``time_ns`` is the change's timestamp; ``seq`` its position in the hash chain.
+    """
+
+    table_name: str
+    record_id: str
+    change_type: str
+    changed_fields: tuple[str, ...]
+    previous_values: Mapping[str, Any] | None
+    new_values: Mapping[str, Any] | None
+    time_ns: int
+    trace_id: str | None = None
+    span_id: str | None = None
+    seq: int | None = None
+    session_id: str | None = None
+    user_id: str | None = None
+    source: str = "orm"
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
@@ -36,9 +37,36 @@ REQUEST_ATTRIBUTES: Mapping[str, str] = {
 }
 
 
+_BASE_CACHE_SIZE = 256
+_base: dict[tuple[str, str, str], tuple[str, dict[str, Any]]] = {}
+"""Span name and first attributes per (operation, provider, model): the same few on every call."""
+
+
+def _name_and_base(operation: str, provider: str, model: str) -> tuple[str, dict[str, Any]]:
+    key = (operation, provider, model)
+    found = _base.get(key)
+    if found is None:
+        found = (
+            f"{operation} {model}",
+            {
+                semconv.GEN_AI_OPERATION_NAME: operation,
+                semconv.GEN_AI_PROVIDER_NAME: provider,
+                semconv.GEN_AI_REQUEST_MODEL: model,
+            },
+        )
+        if len(_base) >= _BASE_CACHE_SIZE:
+            _base.clear()
+        _base[key] = found
+    return found
+
+
 class AICall:
     """The scope of one model call; use through ``ai_call()``. Record what comes back with
-    ``record_response`` and, if known, ``record_confidence``."""
+    ``record_response`` and, if known, ``record_confidence``.
+
+    The hot path of every instrumented call: the span is started and made current directly (what
+    ``start_as_current_span`` does, without its two generator context managers), and what comes
+    back is set in one ``set_attributes``."""
 
     def __init__(
         self,
@@ -51,14 +79,12 @@ class AICall:
         input_messages: Sequence[Mapping[str, Any]] | None,
         system_instructions: str | Sequence[Mapping[str, Any]] | None,
     ) -> None:
-        attributes: dict[str, Any] = {
-            semconv.GEN_AI_OPERATION_NAME: operation,
-            semconv.GEN_AI_PROVIDER_NAME: provider,
-            semconv.GEN_AI_REQUEST_MODEL: model,
-        }
+        name, base = _name_and_base(operation, provider, model)
+        attributes = base.copy()  # the cached dict itself is never handed out
         if conversation_id:
             attributes[semconv.GEN_AI_CONVERSATION_ID] = conversation_id
-        attributes.update(request_attributes(settings or {}))
+        if settings:
+            attributes.update(request_attributes(settings))
         if content.capture_content():
             if input_messages is not None:
                 attributes[semconv.GEN_AI_INPUT_MESSAGES] = content.messages_json(input_messages)
@@ -69,20 +95,14 @@ class AICall:
                     else system_instructions
                 )
                 attributes[semconv.GEN_AI_SYSTEM_INSTRUCTIONS] = content.messages_json(parts)
-        self._name = f"{operation} {model}"
+        self._name = name
         self._attributes = attributes
-        self._cm: Any = None
+        self._token: object = None
         self.span: Span = trace.INVALID_SPAN
 
     def __enter__(self) -> AICall:
-        self._cm = _tracer.start_as_current_span(
-            self._name,
-            kind=SpanKind.CLIENT,
-            attributes=self._attributes,
-            record_exception=True,
-            set_status_on_exception=True,
-        )
-        self.span = self._cm.__enter__()
+        self.span = _tracer.start_span(self._name, kind=SpanKind.CLIENT, attributes=self._attributes)
+        self._token = otel_context.attach(trace.set_span_in_context(self.span))
         return self
 
     def __exit__(
@@ -91,9 +111,21 @@ class AICall:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if exc is not None and self.span.is_recording():
-            self.span.set_attribute(semconv.ERROR_TYPE, type(exc).__qualname__)
-        self._cm.__exit__(exc_type, exc, tb)
+        # What start_as_current_span(record_exception=True, set_status_on_exception=True) does on
+        # exit, plus error.type: detach, then record an Exception (not a BaseException such as
+        # KeyboardInterrupt or GeneratorExit) with an ERROR status, then end the span.
+        span = self.span
+        try:
+            otel_context.detach(self._token)  # type: ignore[arg-type]
+        finally:
+            try:
+                if exc is not None and span.is_recording():
+                    span.set_attribute(semconv.ERROR_TYPE, type(exc).__qualname__)
+                    if isinstance(exc, Exception):
+                        span.record_exception(exc)
+                        span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+            finally:
+                span.end()
 
     def record_response(
         self,
@@ -106,19 +138,21 @@ class AICall:
         output_messages: Sequence[Mapping[str, Any]] | None = None,
     ) -> None:
         """What the model answered. Unknown values are left out, never recorded as empty."""
-        span = self.span
+        attributes: dict[str, Any] = {}
         if model:
-            span.set_attribute(semconv.GEN_AI_RESPONSE_MODEL, model)
+            attributes[semconv.GEN_AI_RESPONSE_MODEL] = model
         if response_id:
-            span.set_attribute(semconv.GEN_AI_RESPONSE_ID, response_id)
+            attributes[semconv.GEN_AI_RESPONSE_ID] = response_id
         if finish_reasons:
-            span.set_attribute(semconv.GEN_AI_RESPONSE_FINISH_REASONS, [str(r) for r in finish_reasons])
+            attributes[semconv.GEN_AI_RESPONSE_FINISH_REASONS] = [str(r) for r in finish_reasons]
         if input_tokens is not None:
-            span.set_attribute(semconv.GEN_AI_USAGE_INPUT_TOKENS, int(input_tokens))
+            attributes[semconv.GEN_AI_USAGE_INPUT_TOKENS] = int(input_tokens)
         if output_tokens is not None:
-            span.set_attribute(semconv.GEN_AI_USAGE_OUTPUT_TOKENS, int(output_tokens))
+            attributes[semconv.GEN_AI_USAGE_OUTPUT_TOKENS] = int(output_tokens)
         if output_messages is not None and content.capture_content():
-            span.set_attribute(semconv.GEN_AI_OUTPUT_MESSAGES, content.messages_json(output_messages))
+            attributes[semconv.GEN_AI_OUTPUT_MESSAGES] = content.messages_json(output_messages)
+        if attributes:
+            self.span.set_attributes(attributes)  # one lock, one validation pass
 
     def record_confidence(
         self,

@@ -29,6 +29,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 from opentelemetry.instrumentation.utils import unwrap
@@ -630,8 +631,13 @@ def _sync_wrapper(api: _Api, stream_type: type) -> Wrapper:
             return wrapped(*args, **kwargs)
         started = time.perf_counter()
         try:
-            with trace.use_span(call.span, end_on_exit=False, record_exception=False, set_status_on_exception=False):
+            # use_span(end_on_exit=False, record_exception=False, set_status_on_exception=False),
+            # without its generator: the span is current for the SDK call, then detached.
+            token = otel_context.attach(trace.set_span_in_context(call.span))
+            try:
                 result = wrapped(*args, **kwargs)
+            finally:
+                otel_context.detach(token)
         except BaseException as error:
             _end_with_error(call, error)
             raise
@@ -648,8 +654,11 @@ def _async_wrapper(api: _Api, stream_type: type) -> Wrapper:
             return await wrapped(*args, **kwargs)
         started = time.perf_counter()
         try:
-            with trace.use_span(call.span, end_on_exit=False, record_exception=False, set_status_on_exception=False):
+            token = otel_context.attach(trace.set_span_in_context(call.span))  # as in the sync wrapper
+            try:
                 result = await wrapped(*args, **kwargs)
+            finally:
+                otel_context.detach(token)
         except BaseException as error:
             _end_with_error(call, error)
             raise

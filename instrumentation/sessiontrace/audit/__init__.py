@@ -7,11 +7,14 @@ Two capture modes (see the README's table of which write paths each covers): ORM
 
 from __future__ import annotations
 
+from sessiontrace.audit.checkpoint import load_checkpoints, write_checkpoint
 from sessiontrace.audit.encoding import MASKED, canonical_json, decode_value, encode_value
 from sessiontrace.audit.errors import AuditEncodingError, AuditError, AuditSetupError
 from sessiontrace.audit.listeners import enable_auditing
 from sessiontrace.audit.mixin import AUDITED_COLUMNS, Audited
+from sessiontrace.audit.revert import RevertPlan, RevertRefusedError, SessionNotFoundError, revert_session
 from sessiontrace.audit.schema import audit_log_table
+from sessiontrace.audit.verify import NotChainedError, VerifyReport, verify
 from sessiontrace.audit.writer import Change, write_changes
 
 __all__ = [
@@ -22,10 +25,19 @@ __all__ = [
     "AuditSetupError",
     "Audited",
     "Change",
+    "NotChainedError",
+    "RevertPlan",
+    "RevertRefusedError",
+    "SessionNotFoundError",
+    "VerifyReport",
     "audit_log_table",
     "canonical_json",
     "decode_value",
     "enable_auditing",
     "encode_value",
+    "load_checkpoints",
+    "revert_session",
+    "verify",
     "write_changes",
+    "write_checkpoint",
 ]

@@ -133,6 +133,9 @@ def after_flush(session: Session, flush_context: UOWTransaction) -> None:
         if kind != "delete" and _needs_current(state, plan, kind):
             reload.setdefault(plan, []).append(state)
 
+    # In the order the flush executed them (parents inserted before children, children deleted
+    # before parents), so the chain's order is the database's and a revert can undo it backwards.
+    work.sort(key=_execution_order)
     connections: dict[TablePlan, Connection] = {}
 
     def connection_for(plan: TablePlan) -> Connection:
@@ -156,6 +159,22 @@ def after_flush(session: Session, flush_context: UOWTransaction) -> None:
             batches.setdefault(connection_for(plan), []).append(change)
     for connection, changes in batches.items():
         auditor.write(connection, changes, pending.moment)
+
+
+_TABLE_RANK: dict[Any, int] = {}
+"""Position of each table in its metadata's dependency order (parents first)."""
+
+
+def _execution_order(item: tuple[TablePlan, InstanceState[Any], str]) -> tuple[bool, int]:
+    table = item[0].mapper.local_table
+    rank = _TABLE_RANK.get(table)
+    if rank is None:
+        metadata = getattr(table, "metadata", None)
+        ordered = metadata.sorted_tables if metadata is not None else [table]
+        _TABLE_RANK.update({each: index for index, each in enumerate(ordered)})
+        rank = _TABLE_RANK.get(table, 0)
+    deleting = item[2] == "delete"
+    return deleting, -rank if deleting else rank
 
 
 def _needs_current(state: InstanceState[Any], plan: TablePlan, kind: str) -> bool:

@@ -4,14 +4,18 @@ Three processes: this one plays the claimants' browser; ``claims_triage.intake``
 receives each claim, starts its session and runs the ``claims-triage`` workflow, whose AI step is
 a small local model; ``claims_triage.ledger`` (WSGI) is the second service it calls. Two claims
 are filed: a clear-cut one, and an ambiguous one that the model is unsure of and that goes to
-(a stand-in for) human review. Both services export to the same SQLite store; when they have shut
-down (flushing their spans), each session's path is read back and printed, the clear-cut first.
+(a stand-in for) human review. Both services export to the same SQLite store, and keep their
+claim and reserve records in one audited database (``audit_db``: a SQLite file next to the store
+by default, or a PostgreSQL URL). When they have shut down (flushing their spans), each session's
+path is read back, joined with the audit log, and printed, the clear-cut claim first: every change
+shows under the step that made it, with its diff.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
+import shlex
 import socket
 import subprocess
 import sys
@@ -51,26 +55,47 @@ CLAIMS: tuple[tuple[str, dict[str, Any]], ...] = (
 )
 
 
-def run_demo(store_path: Path) -> int:
-    """Run the demo against ``store_path``; print ``session.id: <id>`` per claim, then the paths.
-    Returns the exit code."""
+AUDIT_FILE = "claims-audit.sqlite3"
+"""The default audit database: a SQLite file of this name next to the span store."""
+
+
+def run_demo(store_path: Path, audit_db: str | None = None) -> int:
+    """Run the demo against ``store_path``, keeping the records in ``audit_db`` (a SQLAlchemy URL or
+    a SQLite file; default: ``AUDIT_FILE`` next to the store); print ``session.id: <id>`` per
+    claim, then the paths joined with the audit log. Returns the exit code."""
     # The services import these; finding them here turns a crash in a child into one clear line.
     # (find_spec, not import: scikit-learn takes a second to import and only the intake needs it.)
-    missing = [name for name in ("httpx", "uvicorn", "sklearn") if importlib.util.find_spec(name) is None]
+    missing = [name for name in ("httpx", "uvicorn", "sklearn", "sqlalchemy") if importlib.util.find_spec(name) is None]
     if missing:
         print(
             f"the demo needs its extra ({', '.join(missing)} missing): pip install 'sessiontrace[demo]'",
             file=sys.stderr,
         )
         return 2
+    if audit_db and audit_db.startswith("postgresql") and importlib.util.find_spec("psycopg") is None:
+        print("--audit-db on PostgreSQL needs psycopg 3: pip install 'sessiontrace[audit]'", file=sys.stderr)
+        return 2
     if importlib.util.find_spec("claims_triage") is None:
         print("the demo runs the claims_triage example, which ships with sessiontrace: reinstall it", file=sys.stderr)
         return 2
     import httpx
 
+    from claims_triage import AUDIT_DB_ENV
+    from sessiontrace.sources.audit import AuditLogError, database_url, shown
+
     store_path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        audit_url = database_url(audit_db or str(store_path.parent / AUDIT_FILE))
+    except AuditLogError as exc:
+        print(f"--audit-db: {exc}", file=sys.stderr)
+        return 2
     ports = {name: _free_port() for name in SERVICES}
-    env = {**os.environ, "SESSIONTRACE_STORE": str(store_path), "SESSIONTRACE_EXPORTER": "store"}
+    env = {
+        **os.environ,
+        "SESSIONTRACE_STORE": str(store_path),
+        "SESSIONTRACE_EXPORTER": "store",
+        AUDIT_DB_ENV: audit_url.render_as_string(hide_password=False),
+    }
     env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)  # the demo is about the embedded store
     for name in _REMOTE_MODEL_VARIABLES:
         env.pop(name, None)
@@ -93,7 +118,9 @@ def run_demo(store_path: Path) -> int:
     finally:
         _stop(processes)
 
+    from sessiontrace.path import attach_changes
     from sessiontrace.render.tree import print_path
+    from sessiontrace.sources.audit import load_changes
     from sessiontrace.sources.store import load_session_path
     from sessiontrace.store import SpanStore
 
@@ -102,19 +129,31 @@ def run_demo(store_path: Path) -> int:
         print(f"session.id: {answer['session_id']}", flush=True)
     store = SpanStore(store_path)
     try:
-        for answer in answers:
-            print(
-                f"\n{answer['title']} {answer['claim_id']}: severity {answer['severity']},"
-                f" confidence {answer['confidence']:.2f}, decided by {answer['decided_by']}",
-                flush=True,
-            )
-            print_path(load_session_path(store, answer["session_id"]))
+        paths = [load_session_path(store, answer["session_id"]) for answer in answers]
     finally:
         store.close()
+    code = 0
+    try:
+        changes = load_changes(audit_url, [trace_id for path in paths for trace_id in path.trace_ids])
+    except AuditLogError as exc:
+        print(f"the audit log could not be read, so the changes are shown from the spans: {exc}", file=sys.stderr)
+        code = 1
+    else:
+        for path in paths:
+            attach_changes(path, changes)
+    for answer, path in zip(answers, paths, strict=True):
+        print(
+            f"\n{answer['title']} {answer['claim_id']}: severity {answer['severity']},"
+            f" confidence {answer['confidence']:.2f}, decided by {answer['decided_by']}",
+            flush=True,
+        )
+        print_path(path)
+    where = shown(audit_url)
     print(f"\nstore: {store_path}")
+    print(f"audit log: {where}")
     for answer in answers:
-        print(f"again: sessiontrace path {answer['session_id']}")
-    return 0
+        print(f"again: sessiontrace path {answer['session_id']} --audit-db {shlex.quote(where)}")
+    return code
 
 
 def _free_port() -> int:

@@ -14,14 +14,34 @@ A regular expression only proposes candidates. Validation in Python decides: the
 for card numbers, ISO 7064 mod 97 for IBANs, the assignment rules for SSNs and National
 Insurance numbers, digit counts for phone numbers, the key name for ``password=...``. A candidate
 that fails is left as it is, and the other shapes are tried at the same place.
+
+Long strings (a captured prompt) do not pay for even that one pass: CPython's ``re`` needs about
+5 ns a character just to look for a trigger, and far more at each one (JSON is full of ``:`` and
+digits). When the ``hyperscan`` package is importable, one hyperscan pass (a multi-pattern
+automaton, in C) lists the only places where a shape *can* start: an ``@``,
+an ``eyJ``, an API key prefix, a secret word followed by ``:`` or ``=``, a number whose next 8
+characters are digits or separators, a number after two capitals. The combined pattern is then
+tried at those places alone, in order, exactly as ``search()`` would have met them: every place
+where the pattern can match is in the list (the list may hold more), so the result is the same
+as the pure ``re`` scan, which remains the path for short strings and the fallback for anything
+hyperscan cannot take. Short strings found clean are remembered (only clean ones: no personal
+data is kept), since span attributes repeat (routes, model names, statuses).
 """
 
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Literal
+
+from sessiontrace._log import warn_once
+
+try:  # the fast candidate finder; without it every string takes the pure ``re`` path, same results
+    import hyperscan
+except ImportError:  # pragma: no cover - a platform without a wheel
+    hyperscan = None  # type: ignore[assignment]
 
 MARKER_FORMAT: Final = "[REDACTED:{}]"
 """What replaces a detected value: ``[REDACTED:email]``, ``[REDACTED:card]``..."""
@@ -46,9 +66,18 @@ _DOUBLED: Final = (0, 2, 4, 6, 8, 1, 3, 5, 7, 9)
 """Luhn: a doubled digit, with the digits of the product summed."""
 
 
+_DIGIT_VALUE: Final = {str(digit): digit for digit in range(10)}
+_DOUBLED_VALUE: Final = {str(digit): _DOUBLED[digit] for digit in range(10)}
+
+
 def luhn(digits: str) -> bool:
     """The Luhn (mod 10) checksum of payment card numbers."""
-    return (sum(map(int, digits[-1::-2])) + sum(_DOUBLED[int(d)] for d in digits[-2::-2])) % 10 == 0
+    try:  # ASCII digits, the case of every candidate: table look-ups in C
+        odd = sum(map(_DIGIT_VALUE.__getitem__, digits[-1::-2]))
+        total = odd + sum(map(_DOUBLED_VALUE.__getitem__, digits[-2::-2]))
+    except KeyError:  # other Unicode digits, as int() reads them (or its ValueError)
+        total = sum(map(int, digits[-1::-2])) + sum(_DOUBLED[int(d)] for d in digits[-2::-2])
+    return total % 10 == 0
 
 
 def iban_checksum(iban: str) -> bool:
@@ -294,16 +323,160 @@ def _guard(trigger: str) -> str:
     return f"(?<=[{trigger}])"
 
 
+_CLEAN_CACHE_CHARS: Final = 256
+"""Strings up to this long that the detectors leave unchanged are remembered (and nothing else)."""
+_CLEAN_CACHE_SIZE: Final = 4096
+"""How many such strings; the set is emptied when full (a cheap bound for dynamic values)."""
+FINDER_MIN_CHARS: Final = 256
+"""From this length on, hyperscan lists the candidate places (below it, one ``re`` pass is cheaper
+than the call)."""
+
+_KELVIN: Final = "\u212a"
+"""The one non-ASCII character whose lower case is an ASCII letter (``k``): the secret validator
+lowers the key, hyperscan's caseless matching does not know it, so a text holding it takes the
+``re`` path. (U+0130 lowers to ``i`` plus a combining dot, which ends no secret word.)"""
+
+Engine = Literal["auto", "re"]
+"""``auto``: hyperscan lists the candidates of long strings when it is installed; ``re``: never."""
+
+FAST_ENGINE: Final = hyperscan is not None
+"""Whether the hyperscan candidate finder is available in this process."""
+
+
+# Candidate expressions, each written forwards (for reading and for the tests, which check the two
+# forms agree) and backwards (what hyperscan runs, on the reversed text: it reports where matches
+# end, and a match of the backward form ends where the forward one starts, so *every* start is
+# reported, whatever the length; forwards, hyperscan would report each end with only its leftmost
+# start). Each is a necessary condition of its shape's pattern at the trigger, which lies ``k``
+# characters after the start: every place where a shape can match is reported. The text is
+# prefixed with a space, so a number at its very start has a separator before it too.
+_API_KEY_CANDIDATES: Final = (
+    # (forward, backward, k)
+    ("sk-", "-ks", 2),
+    ("[sr]k_", "_k[sr]", 2),
+    ("A[KS]IA", "AI[KS]A", 1),
+    ("gh[pousr]_", "_[pousr]hg", 3),
+    ("github_", "_buhtig", 6),
+    ("xox[abposr]-", "-[abposr]xox", 4),
+    ("AIz", "zIA", 2),
+)
+_NUMBER_CANDIDATES: Final = {
+    "card": (
+        r"[^0-9A-Za-z_.\-][0-9](?:[ \-]?[0-9]){12}",
+        r"(?:[0-9][ \-]?){12}[0-9][^0-9A-Za-z_.\-]",
+        1,
+    ),
+    "ssn": (r"[^0-9A-Za-z_.\-][0-9]{3}-[0-9]{2}-[0-9]{4}", r"[0-9]{4}-[0-9]{2}-[0-9]{3}[^0-9A-Za-z_.\-]", 1),
+    "phone": (
+        r"\+[0-9](?:[ .()\-]{0,2}[0-9]){7}",
+        r"(?:[0-9][ .()\-]{0,2}){7}[0-9]\+",
+        1,
+    ),
+    "phone (": (
+        r"\([0-9]{1,4}\)[ .\-]?[0-9]{2,4}[ .\-][0-9]{2,4}",
+        r"[0-9]{2,4}[ .\-][0-9]{2,4}[ .\-]?\)[0-9]{1,4}\(",
+        1,
+    ),
+    "phone plain": (
+        r"[^0-9A-Za-z_+(.\-][0-9]{1,4}(?:[ .\-][0-9]{2,4}){0,3}[ .\-][0-9]{4}",
+        r"[0-9]{4}[ .\-](?:[0-9]{2,4}[ .\-]){0,3}[0-9]{1,4}[^0-9A-Za-z_+(.\-]",
+        1,
+    ),
+    "iban": (r"[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]{4}){2}", r"(?:[A-Z0-9]{4} ?){2}[0-9]{2}[A-Z]{2}", 2),
+    "nino": (r"[A-Z]{2}[0-9]{2}(?: ?[0-9]{2}){2} ?[A-D]", r"[A-D] ?(?:[0-9]{2} ?){2}[0-9]{2}[A-Z]{2}", 2),
+    "nino spaced": (r"[A-Z]{2} [0-9]{2}(?: ?[0-9]{2}){2} ?[A-D]", r"[A-D] ?(?:[0-9]{2} ?){2}[0-9]{2} [A-Z]{2}", 3),
+}
+_SECRET_GAP: Final = "[ \t\"']"
+"""What the secret validator skips between a key and its ``=`` or ``:`` (quotes, blanks)."""
+_SECRET_CANDIDATES: Final = (
+    # A secret word, a gap of exactly ``gap`` characters, the assignment (the trigger, at the end:
+    # k = the word and the gap); a longer gap with any key, which is rare, has an expression of its own.
+    *(
+        (
+            re.escape(word) + _SECRET_GAP * gap + "[:=]",
+            "[:=]" + _SECRET_GAP * gap + re.escape(word[::-1]),
+            len(word) + gap,
+        )
+        for word in _SECRET_WORDS
+        for gap in range(4)
+    ),
+    (_SECRET_GAP * 4 + "[:=]", "[:=]" + _SECRET_GAP * 4, 4),
+)
+"""The secret shape matches only where its validator finds a secret word before the gap: a match
+it rejects is skipped by ``search()`` anyway (at the next character, with no other shape tried
+there, as ``=`` and ``:`` trigger no other), so these need not cover one."""
+
+
+def candidate_expressions(names: Iterable[str]) -> list[tuple[str, str, int]]:
+    """(forward, backward, k) for the detectors ``names``; the secret words are matched caseless."""
+    wanted = set(names)
+    expressions: list[tuple[str, str, int]] = []
+    if "email" in wanted:
+        expressions.append(("@", "@", 0))
+    if "jwt" in wanted:
+        expressions.append(("eyJ", "Jye", 2))
+    if "api_key" in wanted:
+        expressions += _API_KEY_CANDIDATES
+    if "secret" in wanted:
+        expressions += _SECRET_CANDIDATES
+    for name, expression in _NUMBER_CANDIDATES.items():
+        if name.split()[0] in wanted:
+            expressions.append(expression)
+    return expressions
+
+
+def _on_match(k: int, start: int, end: int, flags: int, found: list[int]) -> None:
+    # The expression id is k. In the reversed text, the match ends where the forward match starts;
+    # this is the distance from the end of the text to the trigger: ``find`` makes it an index.
+    found.append(end - k)
+
+
+class _Finder:
+    """The hyperscan database of candidate places; one scratch space per thread."""
+
+    __slots__ = ("_database", "_local")
+
+    def __init__(self, names: Iterable[str]) -> None:
+        expressions = candidate_expressions(names)
+        secret = {backward for _, backward, _ in _SECRET_CANDIDATES}
+        self._database = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
+        self._database.compile(
+            expressions=[backward.encode() for _, backward, _ in expressions],
+            ids=[k for _, _, k in expressions],
+            elements=len(expressions),
+            flags=[hyperscan.HS_FLAG_CASELESS if backward in secret else 0 for _, backward, _ in expressions],
+        )
+        self._local = threading.local()
+
+    def find(self, text: str) -> list[int]:
+        """Places where a shape may begin, in order (a superset of those where one does)."""
+        scratch = getattr(self._local, "scratch", None)
+        if scratch is None:
+            scratch = self._local.scratch = hyperscan.Scratch(self._database)
+        found: list[int] = []
+        # One byte per character, so offsets are string indices (the triggers are all ASCII);
+        # reversed, after a space put in front.
+        data = text.encode("latin-1", "replace")[::-1] + b" "
+        self._database.scan(data, _on_match, context=found, scratch=scratch)  # type: ignore[arg-type]
+        found.sort(reverse=True)
+        size = len(text)
+        return [size - distance for distance in found]
+
+
 class Scanner:
-    """The enabled detectors compiled into one pattern. ``scan(text)`` returns the redacted text."""
+    """The enabled detectors compiled into one pattern. ``scan(text)`` returns the redacted text.
 
-    __slots__ = ("_by_name", "_markers", "_pattern", "_shapes", "_singles")
+    ``engine="re"`` turns the hyperscan candidate finder off (the results are the same)."""
 
-    def __init__(self, names: Iterable[str] = DETECTORS) -> None:
+    __slots__ = ("_by_name", "_clean", "_finder", "_markers", "_pattern", "_shapes", "_singles")
+
+    def __init__(self, names: Iterable[str] = DETECTORS, *, engine: Engine = "auto") -> None:
         wanted = set(names)
         unknown = wanted - set(DETECTORS)
         if unknown:
             raise ValueError(f"unknown detectors: {', '.join(sorted(unknown))}; known: {', '.join(DETECTORS)}")
+        if engine not in ("auto", "re"):
+            raise ValueError(f"unknown engine {engine!r}; known: auto, re")
         self._shapes = tuple(shape for shape in SHAPES if shape.name in wanted)
         self._by_name = {shape.name: shape for shape in self._shapes}
         self._markers = {shape.name: MARKER_FORMAT.format(shape.name) for shape in self._shapes}
@@ -328,17 +501,57 @@ class Scanner:
             (shape, re.compile(f"[{shape.trigger}](?<![0-9]{{2}}){_guard(shape.trigger)}(?:{shape.rest})"))
             for shape in self._shapes
         )
+        self._finder = _Finder(self.detectors) if engine == "auto" and FAST_ENGINE and self._shapes else None
+        self._clean: set[str] = set()
 
     @property
     def detectors(self) -> tuple[str, ...]:
         return tuple(shape.name for shape in self._shapes)
 
+    @property
+    def engine(self) -> str:
+        """``hyperscan`` when long strings get their candidates from hyperscan, else ``re``."""
+        return "re" if self._finder is None else "hyperscan"
+
     def scan(self, text: str) -> str:
         """``text`` with every validated match replaced by its marker (the same object if none)."""
-        pattern = self._pattern
-        if pattern is None or len(text) < SHORTEST:
+        if self._pattern is None or len(text) < SHORTEST:
             return text
-        search = pattern.search
+        if len(text) <= _CLEAN_CACHE_CHARS:
+            clean = self._clean
+            if text in clean:
+                return text
+            result = self._search(text)
+            if result is text:
+                if len(clean) >= _CLEAN_CACHE_SIZE:
+                    clean.clear()
+                clean.add(text)
+            return result
+        finder = self._finder
+        if finder is not None and len(text) >= FINDER_MIN_CHARS and (text.isascii() or _KELVIN not in text):
+            try:
+                candidates = finder.find(text)
+            except Exception as error:  # hyperscan could not scan it: the pure re path gives the same answer
+                warn_once(
+                    "redaction:hyperscan",
+                    "sessiontrace: hyperscan failed (%s: %s); redacting with re alone, which is slower",
+                    type(error).__name__,
+                    error,
+                )
+                return self._search(text)
+            return self._at(text, candidates)
+        return self._search(text)
+
+    def scan_re(self, text: str) -> str:
+        """``scan`` by the pure ``re`` path alone, uncached: the reference the fast paths must equal."""
+        if self._pattern is None or len(text) < SHORTEST:
+            return text
+        return self._search(text)
+
+    def _search(self, text: str) -> str:
+        """The reference scan: ``search()`` from the start, then from after each value or miss."""
+        assert self._pattern is not None
+        search = self._pattern.search
         match = search(text)
         if match is None:
             return text
@@ -354,6 +567,36 @@ class Scanner:
             pieces.append(self._markers[name])
             kept = end
             match = search(text, end)
+        if not pieces:
+            return text
+        pieces.append(text[kept:])
+        return "".join(pieces)
+
+    def _at(self, text: str, candidates: list[int]) -> str:
+        """``_search`` with the pattern tried only at ``candidates`` (sorted): the same result, since
+        ``search(text, pos)`` is ``match()`` at the first place from ``pos`` where it succeeds, and
+        every such place is a candidate."""
+        assert self._pattern is not None
+        match_at = self._pattern.match
+        pieces: list[str] = []
+        kept = 0  # text[:kept] is already in pieces
+        position = 0  # where search() would look from
+        tried = -1
+        for at in candidates:
+            if at < position or at == tried:
+                continue
+            tried = at
+            match = match_at(text, at)
+            if match is None:
+                continue
+            name, start, end = self._validate(text, match)
+            if not name:
+                position = end if self._by_name[match.lastgroup or ""].number else at + 1
+                continue
+            start = max(start, kept)
+            pieces.append(text[kept:start])
+            pieces.append(self._markers[name])
+            kept = position = end
         if not pieces:
             return text
         pieces.append(text[kept:])

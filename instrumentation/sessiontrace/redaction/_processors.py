@@ -33,6 +33,17 @@ from sessiontrace._log import warn_once
 from sessiontrace.redaction._redactor import BODY_KEY, FAILED, NAME_KEY, STATUS_KEY, Redactor
 
 _SPAN_FIELDS = ("_name", "_attributes", "_events", "_links", "_status")
+_checked: set[type] = set()
+"""Span classes seen with every field: ``ReadableSpan`` sets them all in ``__init__``, so the
+check runs once per class, not on every span."""
+
+
+def _has_fields(span: ReadableSpan, fields: dict[str, Any]) -> bool:
+    if not all(field in fields for field in _SPAN_FIELDS):
+        return False
+    if type(span).__init__ is ReadableSpan.__init__:  # a subclass may not call it: check each one
+        _checked.add(type(span))
+    return True
 
 
 class RedactingSpanProcessor(SpanProcessor):
@@ -73,7 +84,7 @@ class RedactingSpanProcessor(SpanProcessor):
 def redact_span(span: ReadableSpan, redactor: Redactor) -> None:
     """Redact ``span`` in place: name, attributes, event and link attributes, status description."""
     fields = vars(span)
-    if not all(field in fields for field in _SPAN_FIELDS):
+    if type(span) not in _checked and not _has_fields(span, fields):
         raise TypeError(f"{type(span).__name__} lacks the ReadableSpan fields {_SPAN_FIELDS}")
     name = redactor.redact(NAME_KEY, span._name)
     if name is not span._name:

@@ -13,6 +13,8 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final
 
+from opentelemetry.attributes import BoundedAttributes
+
 from sessiontrace import semconv
 from sessiontrace._log import warn_once
 from sessiontrace.redaction._detectors import DETECTORS, MARKER_FORMAT, SHORTEST, Scanner
@@ -160,17 +162,41 @@ class Redactor:
         no allocation)."""
         if not attributes:
             return None
+        # An ended span's (or an event's, a link's) attributes cannot change any more: read the
+        # dict inside, not through the Mapping ABC (an ItemsView, a locked __getitem__ per key).
+        items = (
+            attributes._dict.items()
+            if type(attributes) is BoundedAttributes and attributes._immutable
+            else attributes.items()
+        )
         changed: dict[str, Any] | None = None
-        redact = self.redact
-        for key, value in attributes.items():
-            new = redact(prefix + key if prefix else key, value)
+        decisions = self._decisions
+        text = self._text
+        for key, value in items:
+            # ``redact()`` inlined for the common cases: an allowed key, a number, a string.
+            full = prefix + key if prefix else key
+            decision = decisions.get(full)
+            if decision is None:
+                decision = self._decide(full)
+            if decision == _ALLOW:
+                continue
+            if decision == _SCAN:
+                if type(value) is str:
+                    new = text(full, value)
+                else:
+                    kind = type(value)
+                    if kind is int or kind is float or kind is bool:
+                        continue
+                    new = self.redact(full, value)
+            else:
+                new = DENIED
             if new is not value:
                 if changed is None:
                     changed = {}
                 changed[key] = new
         if changed is None:
             return None
-        return {key: changed.get(key, value) for key, value in attributes.items()}
+        return {key: changed.get(key, value) for key, value in items}
 
     # --- internals ------------------------------------------------------------------------------------
 

@@ -7,12 +7,21 @@ result); for a human review its decision and the call it judged. Failures are re
 message; the first failure is marked, since the spans above it usually only repeat it. Events
 follow their span with a few attributes each (status changes with a reason, and evaluations, in
 words): readable, not a dump.
+
+Database changes show under the span that made them, in time order with its child spans, with
+their diff:
+``• update claims {"id": "CL-1"}  +3.1 ms  severity: null → "high", confidence: null → 0.85  audit #7``.
+When the audit log was joined (``path.attach_changes``) the changes and their values come from the
+log itself (``audit #seq``), and a change event with no audit row is flagged; otherwise they come
+from the spans' ``DB_CHANGE_EVENT``s, whose values are there only when the application recorded
+them (``enable_auditing(record_values_in_spans=True)``), else just the changed columns are named.
 ``rich`` drops colour for ``NO_COLOR`` and non-terminals by itself.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from rich.console import Console, Group
@@ -20,12 +29,16 @@ from rich.text import Text
 from rich.tree import Tree
 
 from sessiontrace import semconv
-from sessiontrace.path import PathSpan, SessionPath
+from sessiontrace.path import PathSpan, SessionPath, unmatched_change_events
+from sessiontrace.records import StoredChange, StoredEvent
 from sessiontrace.render import _format
 from sessiontrace.render._format import ms, short, timestamp
 
 MAX_EVENT_ATTRIBUTES = 4
 MAX_EVENTS = 10
+MAX_CHANGES = 20
+MAX_CHANGE_FIELDS = 6
+MAX_CHANGE_VALUE = 40
 # Stamped on everything in the session: repeating them under each event is noise.
 _SESSION_KEYS = frozenset(semconv.SESSION_ATTRIBUTES)
 
@@ -75,20 +88,53 @@ def _tree(path: SessionPath) -> Tree:
             Text(f"trace {trace.trace_id}  ({trace.span_count} spans)", style="dim"),
         )
         for span in trace.roots:
-            _add_span(branch, span, origin, failure, names)
+            _add_span(branch, span, origin, failure, names, path.audit_joined)
+        if trace.unplaced_changes:
+            unplaced = branch.add(Text("changes whose span is not stored", style="dim italic"))
+            _add_lines(unplaced, [(c.time_ns, _change_line(c, origin)) for c in trace.unplaced_changes], MAX_CHANGES)
     return root
 
 
-def _add_span(parent: Tree, span: PathSpan, origin: int, failure: PathSpan | None, names: Mapping[str, str]) -> None:
+def _add_span(
+    parent: Tree,
+    span: PathSpan,
+    origin: int,
+    failure: PathSpan | None,
+    names: Mapping[str, str],
+    audit_joined: bool,
+) -> None:
     node = parent.add(_span_line(span, origin, is_first_failure=span is failure, names=names))
     # A status change without a reason says nothing the span line's status trail does not.
     events = [e for e in span.events if e.name != semconv.STATUS_CHANGE_EVENT or semconv.STATUS_REASON in e.attributes]
-    for event in events[:MAX_EVENTS]:
-        node.add(_event_line(event.name, event.time_ns - origin, event.attributes))
-    if len(events) > MAX_EVENTS:
-        node.add(Text(f"… {len(events) - MAX_EVENTS} more events", style="dim"))
-    for child in span.children:
-        _add_span(node, child, origin, failure, names)
+    others = [e for e in events if e.name != semconv.DB_CHANGE_EVENT]
+    change_events = [e for e in events if e.name == semconv.DB_CHANGE_EVENT]
+    if audit_joined:  # the audit log's own rows replace the change events they account for
+        change_events = unmatched_change_events(span)
+    for event in others[:MAX_EVENTS]:
+        node.add(_event_line(event, event.time_ns - origin))
+    if len(others) > MAX_EVENTS:
+        node.add(Text(f"… {len(others) - MAX_EVENTS} more events", style="dim"))
+    # Changes read in time order with the child spans: a step's update after the call that led to it.
+    changes = [(e.time_ns, _event_line(e, e.time_ns - origin, audit_joined)) for e in change_events]
+    changes += [(c.time_ns, _change_line(c, origin)) for c in span.changes]
+    changes.sort(key=lambda line: line[0])  # stable: same-time lines keep their order
+    hidden = max(0, len(changes) - MAX_CHANGES)
+    entries: list[tuple[int, Text | PathSpan]] = [*changes[:MAX_CHANGES], *((c.start_ns, c) for c in span.children)]
+    entries.sort(key=lambda entry: entry[0])
+    for _, entry in entries:
+        if isinstance(entry, Text):
+            node.add(entry)
+        else:
+            _add_span(node, entry, origin, failure, names, audit_joined)
+    if hidden:
+        node.add(Text(f"… {hidden} more changes", style="dim"))
+
+
+def _add_lines(node: Tree, lines: list[tuple[int, Text]], limit: int) -> None:
+    for _, line in sorted(lines, key=lambda line: line[0])[:limit]:
+        node.add(line)
+    if len(lines) > limit:
+        node.add(Text(f"… {len(lines) - limit} more changes", style="dim"))
 
 
 def _span_line(span: PathSpan, origin: int, *, is_first_failure: bool, names: Mapping[str, str] | None = None) -> Text:
@@ -186,11 +232,14 @@ def _or_dash(value: Any) -> str:
     return "-" if value is None else str(value)
 
 
-def _event_line(name: str, offset_ns: int, attributes: Mapping[str, Any]) -> Text:
+def _event_line(event: StoredEvent, offset_ns: int, audit_joined: bool = False) -> Text:
+    name, attributes = event.name, event.attributes
     if name == semconv.STATUS_CHANGE_EVENT:
         return _status_change_line(offset_ns, attributes)
     if name == semconv.GEN_AI_EVALUATION_EVENT:
         return _evaluation_line(offset_ns, attributes)
+    if name == semconv.DB_CHANGE_EVENT:
+        return _change_event_line(offset_ns, attributes, audit_joined)
     line = Text()
     line.append("• ", style="dim")
     line.append(name, style="magenta")
@@ -235,3 +284,98 @@ def _evaluation_line(offset_ns: int, attributes: Mapping[str, Any]) -> Text:
     if explanation:
         line.append("  " + short(explanation, 100), style="dim")
     return line
+
+
+# --- database changes ----------------------------------------------------------------------------------
+
+
+def _change_line(change: StoredChange, origin: int) -> Text:
+    """A change from the audit log: ``• update claims {"id": "CL-1"}  +3 ms  a: 1 → 2  audit #7``."""
+    line = _diff_line(
+        change.change_type,
+        change.table_name,
+        change.record_id,
+        change.time_ns - origin,
+        change.changed_fields,
+        change.previous_values,
+        change.new_values,
+    )
+    if change.seq is not None:
+        line.append(f"  audit #{change.seq}", style="dim")
+    return line
+
+
+def _change_event_line(offset_ns: int, attributes: Mapping[str, Any], audit_joined: bool) -> Text:
+    """A change from its span event: values only if the application recorded them in spans."""
+    fields = attributes.get(semconv.DB_CHANGED_FIELDS) or ()
+    line = _diff_line(
+        str(attributes.get(semconv.DB_CHANGE_TYPE, "change")),
+        str(attributes.get(semconv.DB_COLLECTION_NAME, "?")),
+        str(attributes.get(semconv.DB_RECORD_ID, "")),
+        offset_ns,
+        [str(f) for f in fields] if isinstance(fields, (list, tuple)) else [str(fields)],
+        _json_object(attributes.get(semconv.DB_PREVIOUS_VALUES)),
+        _json_object(attributes.get(semconv.DB_NEW_VALUES)),
+    )
+    seq = attributes.get(semconv.DB_AUDIT_SEQ)
+    if seq is not None:
+        line.append(f"  audit #{seq}", style="dim")
+    if audit_joined:
+        line.append("  (not in the audit log)", style="yellow")
+    return line
+
+
+def _diff_line(
+    change_type: str,
+    table: str,
+    record_id: str,
+    offset_ns: int,
+    fields: Sequence[str],
+    previous: Mapping[str, Any] | None,
+    new: Mapping[str, Any] | None,
+) -> Text:
+    line = Text()
+    line.append("• ", style="dim")
+    line.append(f"{change_type} {table}", style="magenta")
+    key = _json_object(record_id)
+    line.append(" " + (json.dumps(key, ensure_ascii=False, default=str) if key is not None else record_id), style="dim")
+    line.append(f"  +{ms(offset_ns)}", style="dim")
+    pairs = _diff(change_type, fields, previous, new, key or {})
+    if pairs:
+        shown = ", ".join(pairs[:MAX_CHANGE_FIELDS])
+        more = len(pairs) - MAX_CHANGE_FIELDS
+        line.append("  " + shown + (f", +{more} more" if more > 0 else ""))
+    return line
+
+
+def _diff(
+    change_type: str,
+    fields: Sequence[str],
+    previous: Mapping[str, Any] | None,
+    new: Mapping[str, Any] | None,
+    key: Mapping[str, Any],
+) -> list[str]:
+    """``column: old → new`` per changed column of an update; ``column: value`` for an insert's new
+    and a delete's old values (the key, already shown, and NULLs left out). Without values (not
+    recorded in the span), the changed columns' names."""
+    if change_type == "update" and previous is not None and new is not None:
+        return [f"{f}: {_value(previous.get(f))} → {_value(new.get(f))}" for f in fields if f in previous or f in new]
+    values = new if change_type == "insert" else previous if change_type == "delete" else None
+    if values is not None:
+        return [f"{f}: {_value(values[f])}" for f in fields if f not in key and values.get(f) is not None]
+    return [", ".join(fields) + " changed"] if fields else []
+
+
+def _value(value: Any) -> str:
+    return short(json.dumps(value, ensure_ascii=False, default=str), MAX_CHANGE_VALUE)
+
+
+def _json_object(text: Any) -> Mapping[str, Any] | None:
+    """A JSON object from a span attribute (values recorded as JSON text), else ``None``."""
+    if not isinstance(text, str):
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:  # cut or redacted into something that is no longer JSON
+        return None
+    return value if isinstance(value, dict) else None
