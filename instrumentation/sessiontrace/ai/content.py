@@ -8,7 +8,6 @@ can never break the call that produced it.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 from collections.abc import Iterable, Mapping
@@ -75,9 +74,3 @@ def _jsonable(value: Any, depth: int = 0) -> Any:
         except Exception:
             pass
     return repr(value)[:1000]
-
-
-def data_url_marker(data: str | bytes, media_type: str = "application/octet-stream") -> str:
-    """What we record instead of inline binary content (images, audio)."""
-    size = len(data) if isinstance(data, bytes) else len(base64.b64decode(data, validate=False))
-    return f"[{media_type} {size} bytes]"

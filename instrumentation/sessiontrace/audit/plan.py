@@ -15,7 +15,7 @@ from sqlalchemy import Column, Table, inspect
 from sqlalchemy.orm import Mapper
 from sqlalchemy.orm.exc import UnmappedColumnError
 
-from sessiontrace.audit.encoding import MASKED, JsonValue, canonical_json, encode_value
+from sessiontrace.audit.encoding import MASKED, JsonValue, encode_value
 from sessiontrace.audit.errors import AuditSetupError
 from sessiontrace.audit.mixin import AUDITED_COLUMNS, Audited
 from sessiontrace.audit.writer import Change
@@ -95,11 +95,6 @@ class TablePlan:
         if not names:
             return None
         return Change(self.table_name, self.record_id(pk_values), "update", names, old, new)
-
-
-def record_id_text(record_id: Mapping[str, JsonValue]) -> str:
-    """Canonical JSON of a record id (sorted keys, compact), as stored in ``audit_log.record_id``."""
-    return canonical_json(dict(record_id))
 
 
 def is_audited(cls: type) -> bool:
