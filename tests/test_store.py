@@ -259,6 +259,42 @@ class TestConcurrency:
         assert summary.span_count == 3000
         assert summary.services == ("alpha", "beta")
 
+    def test_opening_a_new_file_waits_out_another_opener(self, store_path: Path) -> None:
+        # A second process setting up the same new file holds its write lock. Switching to WAL
+        # then fails at once (SQLite skips the busy handler there), so opening must retry itself.
+        other = sqlite3.connect(store_path, isolation_level=None, check_same_thread=False)
+        other.execute("BEGIN IMMEDIATE")
+        release = threading.Timer(0.3, lambda: other.execute("COMMIT"))
+        release.start()
+        try:
+            with SpanStore(store_path) as store:
+                store.write(_spans(3))
+                assert store.span_count() == 3
+        finally:
+            release.join()
+            other.close()
+
+    def test_processes_opening_new_files_together_all_succeed(self, tmp_path: Path) -> None:
+        script = textwrap.dedent(
+            """
+            import sys
+            from sessiontrace.store import SpanStore
+
+            for name in sys.argv[1:]:
+                SpanStore(name).close()
+            """
+        )
+        paths = [str(tmp_path / f"s{i}.sqlite3") for i in range(15)]
+        procs = [
+            subprocess.Popen([sys.executable, "-c", script, *paths], stderr=subprocess.PIPE, text=True)
+            for _ in range(4)
+        ]
+        errors = [p.communicate(timeout=90)[1] for p in procs]
+        assert [p.returncode for p in procs] == [0] * 4, errors
+        for path in paths:
+            with SpanStore(path, readonly=True) as store:
+                assert store.span_count() == 0
+
     def test_threads_share_one_exporter(self, store_path: Path) -> None:
         exporter = StoreSpanExporter(store_path)
         batches = [_spans(50, start=i * 1_000_000) for i in range(8)]
@@ -389,6 +425,25 @@ class TestBrokenStores:
         assert "newer" in warnings[0]
         conn = sqlite3.connect(store_path)
         assert conn.execute("PRAGMA user_version").fetchone()[0] == 99  # left alone
+
+    def test_exporter_retries_a_store_that_stayed_locked(
+        self, store_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr("sessiontrace.store._store.BUSY_TIMEOUT_MS", 200)  # not ten seconds
+        other = sqlite3.connect(store_path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        exporter = StoreSpanExporter(store_path)
+        with caplog.at_level(logging.WARNING, logger="sessiontrace.store"):
+            assert exporter.export(_spans(1)) is SpanExportResult.FAILURE
+            other.execute("COMMIT")
+            other.close()
+            assert exporter.export(_spans(2, start=50)) is SpanExportResult.SUCCESS
+        (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert "will retry" in warning
+        assert "stayed locked" in warning
+        exporter.shutdown()
+        with SpanStore(store_path, readonly=True) as store:
+            assert store.span_count() == 2
 
     def test_exporter_after_shutdown_fails_without_raising(self, store_path: Path) -> None:
         exporter = StoreSpanExporter(store_path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sessiontrace.records import SessionSummary, StoredEvent, StoredLink, StoredSpan
 from sessiontrace.store._errors import (
+    StoreBusy,
     StoreCorrupt,
     StoreError,
     StoreNotFound,
@@ -19,6 +20,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "SessionSummary",
     "SpanStore",
+    "StoreBusy",
     "StoreCorrupt",
     "StoreError",
     "StoreNotFound",

@@ -31,3 +31,7 @@ class StoreTooNew(StoreError):
 
 class StoreNotWritable(StoreError):
     """The store file or its directory cannot be written."""
+
+
+class StoreBusy(StoreError):
+    """Another process held the store's write lock for longer than we wait; it may free up later."""

@@ -18,7 +18,7 @@ from pathlib import Path
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
-from sessiontrace.store._errors import StoreCorrupt, StoreError, StoreNotWritable
+from sessiontrace.store._errors import StoreBusy, StoreCorrupt, StoreError, StoreNotWritable
 from sessiontrace.store._paths import default_store_path, fallback_store_path
 from sessiontrace.store._store import SpanStore
 
@@ -87,6 +87,8 @@ class StoreSpanExporter(SpanExporter):
             self._store = self._replace_corrupt(path, exc)
         except StoreNotWritable as exc:
             self._store = self._fall_back(path, exc)
+        except StoreBusy as exc:  # this batch is lost, but the next export tries again
+            self._warn_once("busy", f"sessiontrace: could not open the span store, will retry: {exc}")
         except StoreError as exc:  # e.g. written by a newer sessiontrace: leave it alone
             self._give_up(f"sessiontrace: span export disabled: {exc}")
         except Exception as exc:

@@ -108,6 +108,7 @@ def check_schema(conn: sqlite3.Connection, path: Path, *, create: bool) -> None:
 
 
 def _marks(conn: sqlite3.Connection) -> tuple[int, int]:
-    app_id = conn.execute("PRAGMA application_id").fetchone()[0]
-    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    # One statement, so one snapshot: read apart, another process creating the file in between
+    # would show a half-made store (no application id, a version) that looks like a foreign file.
+    app_id, version = conn.execute("SELECT * FROM pragma_application_id, pragma_user_version").fetchone()
     return int(app_id), int(version)

@@ -4,14 +4,21 @@ WAL lets readers (the CLI) run while exporters write; ``synchronous=NORMAL`` is 
 application crashes (only an OS crash can lose the last transactions) and is what makes batched
 inserts fast; ``busy_timeout`` makes a writer wait its turn instead of failing when another
 process holds the write lock.
+
+SQLite skips the busy handler where waiting could deadlock, and opening a new file is such a
+place: two processes switching it to WAL at once each hold a read lock and want the write lock,
+and one is told "database is locked" at once. Opening therefore retries on its own, with backoff,
+for as long as ``busy_timeout`` would have waited.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import random
 import sqlite3
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
@@ -21,10 +28,11 @@ from opentelemetry.sdk.trace import ReadableSpan
 
 from sessiontrace.records import SessionSummary, StoredEvent, StoredLink, StoredSpan
 from sessiontrace.store._encode import Encoder
-from sessiontrace.store._errors import StoreError, StoreNotFound, StoreNotWritable
+from sessiontrace.store._errors import StoreBusy, StoreError, StoreNotFound, StoreNotWritable
 from sessiontrace.store._schema import check_schema, not_a_store
 
 BUSY_TIMEOUT_MS = 10_000
+_SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
 
 _KINDS = ("INTERNAL", "SERVER", "CLIENT", "PRODUCER", "CONSUMER")
 _STATUSES = ("UNSET", "OK", "ERROR")
@@ -92,6 +100,20 @@ class SpanStore:
                 raise StoreNotFound(f"no store at {path}", path)
         else:
             _check_writable(path)
+        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+        backoff = 0.002
+        while True:
+            try:
+                return self._connect_once()
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc) or time.monotonic() >= deadline:
+                    raise _classify(exc, path) from exc
+            # Jitter, so that processes which collided once do not collide again in step.
+            time.sleep(backoff * random.uniform(0.5, 1.5))
+            backoff = min(backoff * 2, 0.1)
+
+    def _connect_once(self) -> sqlite3.Connection:
+        path = self.path
         try:
             conn = sqlite3.connect(
                 f"{path.resolve().as_uri()}?mode={'ro' if self.readonly else 'rwc'}",
@@ -111,6 +133,11 @@ class SpanStore:
                 conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute("PRAGMA cache_size = -32000")  # 32 MB: index pages stay hot at 1M spans
             check_schema(conn, path, create=not self.readonly)
+        except sqlite3.OperationalError as exc:
+            conn.close()
+            if _is_busy(exc):
+                raise  # the caller retries
+            raise _classify(exc, path) from exc
         except StoreError:
             conn.close()
             raise
@@ -209,13 +236,20 @@ def _check_writable(path: Path) -> None:
         raise StoreNotWritable(f"the store directory is not writable: {directory}", path)
 
 
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)  # Python 3.11+
+    if code is not None:
+        return code & 0xFF in (_SQLITE_BUSY, _SQLITE_LOCKED)
+    return "locked" in str(exc).lower()
+
+
 def _classify(exc: sqlite3.DatabaseError, path: Path) -> StoreError:
     message = str(exc)
     lowered = message.lower()
     if "readonly" in lowered or "read-only" in lowered or "unable to open" in lowered:
         return StoreNotWritable(f"cannot write the store {path}: {message}", path)
-    if isinstance(exc, sqlite3.OperationalError) and "locked" in lowered:
-        return StoreError(f"the store {path} stayed locked by another process: {message}", path)
+    if isinstance(exc, sqlite3.OperationalError) and _is_busy(exc):
+        return StoreBusy(f"the store {path} stayed locked by another process: {message}", path)
     if isinstance(exc, sqlite3.OperationalError) and "no such" not in lowered:
         return StoreError(f"cannot use the store {path}: {message}", path)
     return not_a_store(path)
