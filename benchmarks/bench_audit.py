@@ -14,6 +14,8 @@ one variant's session listeners never slow another down), for:
   setting the session context;
 - ``jsonb``: the peer baseline, a minimal generic trigger writing ``to_jsonb(OLD)`` / ``to_jsonb(NEW)``
   into a plain table (no chain, no context, no record id, no changed fields);
+- ``jsonb-stmt``: the same minimal capture as statement-level triggers over transition tables,
+  one set-based INSERT per statement instead of one per row (the other way a trigger can go);
 - ``continuum``: SQLAlchemy-Continuum (the ``bench`` extra), versioning the same model.
 
 Rounds are interleaved (the order rotates every round) and the median of ``--rounds`` is reported
@@ -50,7 +52,7 @@ from sessiontrace.audit import Audited, audit_log_table, chain, enable_auditing
 from sessiontrace.audit import postgres as audit_postgres
 
 KEY = b"bench-audit-key-0123456789abcdef"
-VARIANTS = ("unaudited", "orm", "trigger", "jsonb", "continuum")
+VARIANTS = ("unaudited", "orm", "trigger", "jsonb", "jsonb-stmt", "continuum")
 TARGETS = {"orm": 1.5, "trigger": 1.3}
 SUPA_AUDIT_OPS_PER_S = 3_000
 ROWS_PER_TRANSACTION = 5
@@ -77,6 +79,41 @@ END
 $fn$;
 CREATE TRIGGER generic_audit AFTER INSERT OR UPDATE OR DELETE ON claim
     FOR EACH ROW EXECUTE FUNCTION generic_audit();
+"""
+
+# A trigger with transition tables fires for one event only, hence three; each branch of the
+# function touches only the tables its event has (PL/pgSQL plans a statement when it first runs).
+GENERIC_JSONB_STATEMENT_TRIGGER = """
+CREATE TABLE generic_audit (
+    id bigserial PRIMARY KEY,
+    table_name text NOT NULL,
+    op text NOT NULL,
+    old_row jsonb,
+    new_row jsonb,
+    changed_at timestamptz NOT NULL DEFAULT now(),
+    db_user text NOT NULL DEFAULT current_user
+);
+CREATE FUNCTION generic_audit_statement() RETURNS trigger LANGUAGE plpgsql AS $fn$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO generic_audit (table_name, op, new_row)
+        SELECT TG_TABLE_NAME, TG_OP, to_jsonb(n) FROM new_rows n;
+    ELSIF TG_OP = 'UPDATE' THEN
+        INSERT INTO generic_audit (table_name, op, old_row, new_row)
+        SELECT TG_TABLE_NAME, TG_OP, to_jsonb(o), to_jsonb(n) FROM old_rows o JOIN new_rows n USING (id);
+    ELSE
+        INSERT INTO generic_audit (table_name, op, old_row)
+        SELECT TG_TABLE_NAME, TG_OP, to_jsonb(o) FROM old_rows o;
+    END IF;
+    RETURN NULL;
+END
+$fn$;
+CREATE TRIGGER generic_audit_insert AFTER INSERT ON claim REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION generic_audit_statement();
+CREATE TRIGGER generic_audit_update AFTER UPDATE ON claim REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION generic_audit_statement();
+CREATE TRIGGER generic_audit_delete AFTER DELETE ON claim REFERENCING OLD TABLE AS old_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION generic_audit_statement();
 """
 
 
@@ -146,9 +183,10 @@ class Worker:
                 audit_postgres.install(self.engine, key=KEY)
                 audit_postgres.audit_tables(self.engine, ["claim"])
                 audit_postgres.instrument_engine(self.engine)
-            elif variant == "jsonb":
+            elif variant in ("jsonb", "jsonb-stmt"):
+                peer = GENERIC_JSONB_TRIGGER if variant == "jsonb" else GENERIC_JSONB_STATEMENT_TRIGGER
                 with self.engine.begin() as conn:
-                    conn.exec_driver_sql(GENERIC_JSONB_TRIGGER)
+                    conn.exec_driver_sql(peer)
         self.maker = sessionmaker(self.engine, expire_on_commit=False)
         if variant == "orm":
             enable_auditing(self.maker, audit_table=audit_log_table(MetaData()), key=KEY)
@@ -408,6 +446,7 @@ def report_rounds(
         "orm": "sessiontrace ORM mode (chain)",
         "trigger": "sessiontrace trigger mode (chain)",
         "jsonb": "generic JSONB trigger (peer)",
+        "jsonb-stmt": "the same, statement-level (peer)",
         "continuum": "SQLAlchemy-Continuum",
     }
     for variant in VARIANTS:
