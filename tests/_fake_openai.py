@@ -233,6 +233,7 @@ class FakeOpenAI:
     def __init__(self, latency: float = 0.0) -> None:
         self.latency = latency  # seconds added before every answer (a provider is never this close)
         self.requests: list[dict[str, Any]] = []  # bodies received, newest last
+        self.headers: list[dict[str, str]] = []  # their headers (names lowercased), same order
         self._server: Any = None
         self._thread: threading.Thread | None = None
         self._socket: socket.socket | None = None
@@ -253,6 +254,7 @@ class FakeOpenAI:
                 break
         body = json.loads(b"".join(chunks) or b"{}")
         self.requests.append(body)
+        self.headers.append({name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]})
         path = scope["path"]
         if scope["method"] != "POST" or path not in ("/v1/chat/completions", "/v1/responses"):
             await self._json(send, *_error(404, f"no route {path}", "invalid_request_error"))

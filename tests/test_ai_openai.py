@@ -29,6 +29,7 @@ from sessiontrace.ai import content  # noqa: E402
 from sessiontrace.ai import openai as instrumentation  # noqa: E402
 from sessiontrace.ai.openai import CONFIDENCE_EXPLANATION, OpenAIInstrumentor  # noqa: E402
 from sessiontrace.context import Session, session  # noqa: E402
+from sessiontrace.policy import OutboundPolicy  # noqa: E402
 from sessiontrace.testing import CapturedSpans  # noqa: E402
 
 tracer = trace.get_tracer("sessiontrace_tests.openai")
@@ -692,3 +693,30 @@ class TestInstrumentor:
             f"sessiontrace: openai {openai.__version__} has no "
             "openai.resources.chat.completions.Completions.create_v9; those calls are not traced"
         ]
+
+
+# --- the session on the wire ------------------------------------------------------------------------------
+@pytest.mark.usefixtures("outbound_policy")
+class TestOutboundPolicy:
+    """The SDK injects nothing itself; with the outbound policy instrumentor on (it patches httpx2,
+    which the SDK sends with) the trace and the session go to an allowed host, and nothing of ours
+    to any other."""
+
+    def test_allowed_host_receives_the_session(self, spans: CapturedSpans, client: Any, server: FakeOpenAI) -> None:
+        with session(user_id="alice") as current, tracer.start_as_current_span("handle"):
+            client.chat.completions.create(model=MODEL, messages=HELLO)
+        headers = server.headers[-1]
+        assert f"{semconv.BAGGAGE_SESSION_ID}={current.id}" in headers["baggage"]
+        _, trace_id, parent_id, _ = headers["traceparent"].split("-")
+        context = ai_span(spans).get_span_context()
+        assert (int(trace_id, 16), int(parent_id, 16)) == (context.trace_id, context.span_id)
+
+    def test_other_host_does_not(self, spans: CapturedSpans, client: Any, server: FakeOpenAI, reconfigure: Any) -> None:
+        reconfigure(outbound=OutboundPolicy(("api.example.org",)))
+        with session(user_id="alice") as current, tracer.start_as_current_span("handle"):
+            client.chat.completions.create(model=MODEL, messages=HELLO)
+        headers = server.headers[-1]
+        assert current.id not in headers.get("baggage", "")
+        assert "alice" not in headers.get("baggage", "")
+        assert "traceparent" not in headers
+        assert ai_span(spans).attributes[semconv.SESSION_ID] == current.id  # the span itself has it

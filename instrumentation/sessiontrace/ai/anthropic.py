@@ -12,9 +12,9 @@ event, an error, ``close()``, the end of a ``with`` block, or the garbage collec
 
 The SDK (2.x) also emits a span of its own per API call (``anthropic.messages.create``, HTTP detail);
 it starts inside ours, so it shows up as our child. It also injects the trace context, baggage
-included, into its requests through ``httpx2``, which our outbound policy instrumentor does not patch:
-we name the destination around the call so the outbound host policy still decides whether the
-session travels to the provider.
+included, into its requests itself, through the global propagator: we name the destination around
+the call, so the outbound host policy decides whether the session travels to the provider even
+where ``OutboundPolicyInstrumentor`` (which patches ``httpx2``'s transport too) is not installed.
 """
 
 from __future__ import annotations

@@ -14,10 +14,11 @@ once and the call goes on untraced.
 Prompt and answer text is recorded only when content capture is on (``sessiontrace.ai.content``);
 images and audio become size markers, never their bytes.
 
-The session does not reach the provider through this module. openai 2.x and later send with
-``httpx2``, which neither ``OutboundPolicyInstrumentor`` nor OpenTelemetry's httpx instrumentor
-patches, so no baggage is injected at all; an SDK given a classic ``httpx`` client goes through
-the outbound allow-list like any other request (private networks only by default).
+The session does not reach the provider through this module: the SDK injects no trace context
+of its own. With ``OutboundPolicyInstrumentor`` installed (it patches the transports of
+``httpx2``, which openai 2.x and later send with, and of ``httpx``), a request to a host on the
+outbound allow-list (private networks by default, e.g. a local model server) carries the session
+and one to any other host (``api.openai.com``) does not.
 """
 
 from __future__ import annotations
