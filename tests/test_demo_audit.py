@@ -1,5 +1,6 @@
 """The path joined with the audit log: ``sources.audit`` reads the audit rows of a session's traces,
-``path.attach_changes`` puts each under the span that made it, and the tree shows the diffs.
+``path.attach_changes`` puts each under the span that made it, and the tree shows the diffs (the
+JSON document, ``--format json``, lists them under each span).
 
 Real writes through the example's audited models (``claims_triage.records``) into SQLite files,
 with spans exported to a real store; and the whole demo on a scratch PostgreSQL database, where the
@@ -7,12 +8,18 @@ audit log's chain trigger is installed at start-up."""
 
 from __future__ import annotations
 
+import contextlib
+import enum
 import io
+import json
 import re
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from datetime import date, datetime, timezone
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +34,10 @@ from claims_triage.records import AUDIT_LOG, ClaimsDatabase
 from claims_triage.triage import Claim
 from sessiontrace import semconv
 from sessiontrace.cli import main
-from sessiontrace.context import new_session_id
+from sessiontrace.context import new_session_id, session
 from sessiontrace.path import PathSpan, SessionPath, attach_changes, build_path, unmatched_change_events
 from sessiontrace.records import StoredChange, StoredEvent, StoredSpan
+from sessiontrace.render.json import dumps, path_document
 from sessiontrace.render.tree import MAX_CHANGES, render_tree
 from sessiontrace.sources.audit import AuditLogError, database_url, load_changes, shown
 from sessiontrace.sources.store import load_session_path
@@ -59,9 +67,10 @@ class Written:
     """Span name → span id (hex) of the spans that wrote."""
 
 
-def _write(tmp_path: Path, *, values_in_spans: bool = False) -> Written:
+def _write(tmp_path: Path, *, values_in_spans: bool = False, user_id: str | None = None) -> Written:
     """A session's request validates and classifies a claim; another session's request, in its own
-    trace, closes it (that change must not appear in the first session's path)."""
+    trace, closes it (that change must not appear in the first session's path). With ``user_id``
+    the first session is current while it writes, so its audit rows carry its id and that user."""
     store, audit = tmp_path / "spans.sqlite3", tmp_path / "audit.sqlite3"
     database = ClaimsDatabase(f"sqlite:///{audit}", record_values_in_spans=values_in_spans)
     tracer_provider, _ = provider(store, "intake")
@@ -70,7 +79,10 @@ def _write(tmp_path: Path, *, values_in_spans: bool = False) -> Written:
     stamp = {semconv.SESSION_ID: session_id}
     span_ids: dict[str, str] = {}
     try:
-        with tracer.start_as_current_span("POST /claims", attributes=stamp):
+        with (
+            session(id=session_id, user_id=user_id, open_span=False) if user_id else contextlib.nullcontext(),
+            tracer.start_as_current_span("POST /claims", attributes=stamp),
+        ):
             with tracer.start_as_current_span("step validate claim", attributes=stamp) as span:
                 database.file(claim)
                 span_ids[span.name] = format(span.get_span_context().span_id, "016x")
@@ -371,11 +383,258 @@ class TestPathCommand:
         code, _, err = _run(written.store, "path", written.session_id, "--audit-db", str(tmp_path / "none.sqlite3"))
         assert code == 2
         assert "no audit database at" in err
-        code, _, err = _run(
-            written.store, "path", written.session_id, "--audit-db", str(written.audit), "--format", "json"
+        code, out, err = _run(
+            written.store, "path", written.session_id, "--audit-db", str(tmp_path / "none.sqlite3"), "--format", "json"
         )
-        assert code == 2
-        assert "tree format only" in err
+        assert (code, out) == (2, "")
+        assert "no audit database at" in err
+
+
+# --- the JSON document ------------------------------------------------------------------------------
+
+_JOINED_KEYS = frozenset({"changes", "unplaced_changes", "in_audit_log"})
+"""What the join adds to the JSON document, and only the join."""
+_SPAN_KEYS = [
+    "trace_id", "span_id", "parent_span_id", "name", "kind", "service", "scope", "session_id", "start_ns", "end_ns",
+    "offset_ms", "duration_ms", "status", "orphan", "attributes", "events", "links", "children",
+]  # fmt: skip
+
+
+def _json(store: Path, *args: str) -> dict[str, Any]:
+    code, out, err = _run(store, "path", *args, "--format", "json")
+    assert code == 0, err
+    document: dict[str, Any] = json.loads(out)
+    return document
+
+
+def _spans(document: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every span of the document by span id."""
+    found: dict[str, dict[str, Any]] = {}
+    stack = [span for trace in document["traces"] for span in trace["spans"]]
+    while stack:
+        span = stack.pop()
+        found[span["span_id"]] = span
+        stack.extend(span["children"])
+    return found
+
+
+def _without_join(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_join(v) for k, v in value.items() if k not in _JOINED_KEYS}
+    if isinstance(value, list):
+        return [_without_join(v) for v in value]
+    return value
+
+
+def _keys(value: Any) -> set[str]:
+    if isinstance(value, dict):
+        return set(value).union(*(_keys(v) for v in value.values()))
+    if isinstance(value, list):
+        return set().union(*(_keys(v) for v in value))
+    return set()
+
+
+_CHANGE_KEYS = [
+    "seq", "table", "record_id", "change_type", "changed_fields", "previous_values", "new_values", "time_ns",
+    "offset_ms", "user_id", "session_id", "source", "trace_id", "span_id",
+]  # fmt: skip
+_CLAIM_COLUMNS = ["id", "policy", "line", "amount", "description", "severity", "confidence", "status", "reserve_id"]
+
+
+@pytest.fixture(scope="module")
+def written_by_user(tmp_path_factory: pytest.TempPathFactory) -> Written:
+    return _write(tmp_path_factory.mktemp("written_by_user"), user_id="adjuster-7")
+
+
+class TestPathJson:
+    """``sessiontrace path <id> --audit-db URL --format json``: the same join, machine-readable."""
+
+    def test_each_change_is_under_the_span_that_made_it(self, written_by_user: Written) -> None:
+        written = written_by_user
+        document = _json(written.store, written.session_id, "--audit-db", str(written.audit))
+        (trace,) = document["traces"]
+        spans = _spans(document)
+        validate = spans[written.span_ids["step validate claim"]]
+        classify = spans[written.span_ids["step classify severity"]]
+        (root,) = trace["spans"]
+        assert root["name"] == "POST /claims"
+        assert root["changes"] == []
+        assert trace["unplaced_changes"] == []
+        (inserted,) = validate["changes"]
+        (classified,) = classify["changes"]
+        common = {
+            "user_id": "adjuster-7",
+            "session_id": written.session_id,
+            "source": "orm",
+            "trace_id": trace["trace_id"],
+        }
+        for change, span in ((inserted, validate), (classified, classify)):
+            # The audit timestamp (microseconds) falls within the span that wrote it.
+            assert span["start_ns"] // 1000 * 1000 <= change["time_ns"] <= span["end_ns"]
+            assert change["offset_ms"] == round((change["time_ns"] - document["session"]["start_ns"]) / 1e6, 3)
+        assert {k: v for k, v in inserted.items() if k not in ("time_ns", "offset_ms")} == {
+            "seq": 1,
+            "table": "claims",
+            "record_id": '{"id":"CL-0000ABCD"}',
+            "change_type": "insert",
+            "changed_fields": _CLAIM_COLUMNS,
+            "previous_values": None,
+            "new_values": {
+                "amount": "2400.00",  # a Decimal, as the log keeps it
+                "confidence": None,
+                "description": "Branch fell on the car.",
+                "id": "CL-0000ABCD",
+                "line": "motor",
+                "policy": "P-1042",
+                "reserve_id": None,
+                "severity": None,
+                "status": "validated",
+            },
+            **common,
+            "span_id": written.span_ids["step validate claim"],
+        }
+        assert {k: v for k, v in classified.items() if k not in ("time_ns", "offset_ms")} == {
+            "seq": 2,
+            "table": "claims",
+            "record_id": '{"id":"CL-0000ABCD"}',
+            "change_type": "update",
+            "changed_fields": ["severity", "confidence"],
+            "previous_values": {"severity": None, "confidence": None},
+            "new_values": {"severity": "medium", "confidence": 0.4041},
+            **common,
+            "span_id": written.span_ids["step classify severity"],
+        }
+        assert list(inserted) == _CHANGE_KEYS
+        assert inserted["time_ns"] < classified["time_ns"]
+        # Only this session's two changes: the other session's "closed" is in another trace.
+        assert sum(len(span["changes"]) for span in spans.values()) == 2
+        # Every change event of the spans has its audit row.
+        events = [e for span in spans.values() for e in span["events"] if e["name"] == semconv.DB_CHANGE_EVENT]
+        assert [e["in_audit_log"] for e in events] == [True, True]
+        assert [e for span in spans.values() for e in span["events"] if "in_audit_log" in e] == events
+
+    def test_without_the_audit_log_the_document_is_unchanged(self, written_by_user: Written) -> None:
+        written = written_by_user
+        joined = _json(written.store, written.session_id, "--audit-db", f"sqlite:///{written.audit}")
+        plain = _json(written.store, written.session_id)
+        assert not _keys(plain) & _JOINED_KEYS
+        assert _keys(joined) >= _JOINED_KEYS
+        assert plain == _without_join(joined)
+        for span in _spans(plain).values():
+            assert list(span) == _SPAN_KEYS
+        # The same holds for the document built in-process: path_document adds nothing unjoined.
+        assert path_document(_path(written)) == plain
+
+    def test_events_without_an_audit_row_and_changes_without_a_span(self) -> None:
+        audited, rolled_back = _event(2, seq=3), _event(3, seq=4)
+        lost = _change("9", 4, seq=5)  # its span was never stored
+        path = attach_changes(_two_steps(audited, rolled_back), [_change("2", 2, seq=3), lost])
+        document = json.loads(dumps(path_document(path)))
+        spans = _spans(document)
+        step = spans["2" * 16]
+        assert [e["in_audit_log"] for e in step["events"]] == [True, False]
+        assert step["changes"] == [
+            {
+                "seq": 3,
+                "table": "claims",
+                "record_id": '{"id":"CL-1"}',
+                "change_type": "update",
+                "changed_fields": ["severity", "confidence"],
+                "previous_values": {"severity": None, "confidence": None},
+                "new_values": {"severity": "high", "confidence": 0.85},
+                "time_ns": 2 * MS,
+                "offset_ms": 2.0,
+                "user_id": None,
+                "session_id": None,
+                "source": "orm",
+                "trace_id": TRACE,
+                "span_id": "2" * 16,
+            }
+        ]
+        assert spans["1" * 16]["changes"] == spans["3" * 16]["changes"] == []
+        (unplaced,) = document["traces"][0]["unplaced_changes"]
+        assert (unplaced["seq"], unplaced["span_id"], unplaced["offset_ms"]) == (5, "9" * 16, 4.0)
+        # Unjoined, the same spans give the document of old.
+        assert not _keys(path_document(_two_steps(audited, rolled_back))) & _JOINED_KEYS
+
+    def test_values_json_cannot_encode_never_break_the_document(self) -> None:
+        class Line(enum.Enum):
+            MOTOR = "motor"
+
+        filed = datetime(2024, 5, 1, 12, 30, 0, 123456, tzinfo=timezone.utc)
+        ref = uuid.UUID("12345678-1234-5678-1234-567812345678")
+        raw = _change(
+            "2",
+            2,
+            fields=("amount", "filed_at", "due", "ref", "scan", "ratio", "line", "tags", "extra", "seen"),
+            previous={"amount": Decimal("2400.00"), "filed_at": None},
+            new={
+                "amount": Decimal("2400.10"),
+                "filed_at": filed,
+                "due": date(2024, 6, 1),
+                "ref": ref,
+                "scan": b"\x00\xff",
+                "ratio": float("nan"),
+                "line": Line.MOTOR,
+                "tags": ("a", Decimal("1.5")),
+                "extra": {"at": filed, 7: _Opaque()},
+                "seen": frozenset({"b", "a"}),
+            },
+        )
+        document = path_document(attach_changes(_two_steps(), [raw]))
+        strict = json.dumps(document, allow_nan=False)  # no default=: the document is plain JSON data
+        assert json.loads(strict) == json.loads(dumps(document))
+        (change,) = _spans(json.loads(strict))["2" * 16]["changes"]
+        assert change["previous_values"] == {"amount": "2400.00", "filed_at": None}
+        assert change["new_values"] == {
+            "amount": "2400.10",
+            "filed_at": "2024-05-01T12:30:00.123456+00:00",
+            "due": "2024-06-01",
+            "ref": "12345678-1234-5678-1234-567812345678",
+            "scan": "AP8=",
+            "ratio": "nan",
+            "line": "MOTOR",
+            "tags": ["a", "1.5"],
+            "extra": {"at": "2024-05-01T12:30:00.123456+00:00", "7": "opaque"},
+            "seen": ["a", "b"],
+        }
+
+    def test_the_command_prints_values_json_cannot_encode(
+        self, written: Written, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # A source that hands back Python values (Decimal, datetime) rather than the log's JSON.
+        from sessiontrace.sources import audit
+
+        span_id = written.span_ids["step classify severity"]
+        filed = datetime(2024, 5, 1, 12, 30, tzinfo=timezone.utc)
+
+        def load_changes(url: str, trace_ids: list[str]) -> list[StoredChange]:
+            (trace_id,) = trace_ids
+            return [
+                StoredChange(
+                    table_name="claims",
+                    record_id='{"id":"CL-0000ABCD"}',
+                    change_type="update",
+                    changed_fields=("amount", "filed_at"),
+                    previous_values={"amount": Decimal("2400.00"), "filed_at": None},
+                    new_values={"amount": Decimal("2500.00"), "filed_at": filed},
+                    time_ns=1,
+                    trace_id=trace_id,
+                    span_id=span_id,
+                    seq=9,
+                )
+            ]
+
+        monkeypatch.setattr(audit, "load_changes", load_changes)
+        document = _json(written.store, written.session_id, "--audit-db", str(written.audit))
+        (change,) = _spans(document)[span_id]["changes"]
+        assert change["previous_values"] == {"amount": "2400.00", "filed_at": None}
+        assert change["new_values"] == {"amount": "2500.00", "filed_at": "2024-05-01T12:30:00+00:00"}
+
+
+class _Opaque:
+    def __str__(self) -> str:
+        return "opaque"
 
 
 # --- the whole demo on PostgreSQL --------------------------------------------------------------------
@@ -462,3 +721,27 @@ class TestDemoOnPostgres:
         review = tree[tree.index("step human review") : tree.index("step reserve funds")]
         assert 'status: "validated" → "in_review"' in review
         assert re.search(r'status: "in_review" → "reviewed".*audit #\d+', review)
+
+    def test_path_json_joins_the_postgres_audit_log(self, postgres_demo: tuple[Path, str], postgres_url: str) -> None:
+        store, out = postgres_demo
+        ambiguous_id = re.findall(r"^session\.id: (\S+)$", out, re.MULTILINE)[1]
+        document = _json(store, ambiguous_id, "--audit-db", postgres_url)
+        spans = _spans(document)
+        (review,) = [span for span in spans.values() if span["name"] == "step human review"]
+        assert [
+            (c["change_type"], c["table"], c["previous_values"]["status"], c["new_values"]["status"])
+            for c in review["changes"]
+        ] == [("update", "claims", "validated", "in_review"), ("update", "claims", "in_review", "reviewed")]
+        seqs = [c["seq"] for c in review["changes"]]
+        assert all(isinstance(seq, int) for seq in seqs)
+        assert seqs == sorted(seqs)
+        for change in review["changes"]:
+            assert re.fullmatch(r'\{"id":"CL-[0-9A-F]{8}"\}', change["record_id"])
+            assert "status" in change["changed_fields"]
+            assert (change["session_id"], change["source"]) == (ambiguous_id, "orm")
+            assert (change["trace_id"], change["span_id"]) == (review["trace_id"], review["span_id"])
+        # Every change sits under the span that made it, and every change event has its row.
+        for span in spans.values():
+            assert {(c["trace_id"], c["span_id"]) for c in span["changes"]} <= {(span["trace_id"], span["span_id"])}
+            assert all(e["in_audit_log"] for e in span["events"] if e["name"] == semconv.DB_CHANGE_EVENT)
+        assert all(trace["unplaced_changes"] == [] for trace in document["traces"])

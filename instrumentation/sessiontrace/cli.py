@@ -74,7 +74,7 @@ def sessions(store_path: Path, limit: int, fmt: str) -> None:
     "--audit-db",
     metavar="URL",
     help="Join the audit log in this database (SQLAlchemy URL or SQLite file): each change under its span, with"
-    " the diff. [tree only]",
+    ' the diff (in JSON, a "changes" list on each span).',
 )
 @click.pass_obj
 def path(store_path: Path, session_id: str, fmt: str, audit_db: str | None) -> None:
@@ -87,8 +87,6 @@ def path(store_path: Path, session_id: str, fmt: str, audit_db: str | None) -> N
     except InvalidValue as exc:
         raise click.BadParameter(str(exc), param_hint="SESSION_ID") from exc
 
-    if audit_db is not None and fmt != "tree":
-        raise click.UsageError("--audit-db joins the audit log into the tree format only")
     from sessiontrace.sources import SessionNotFound
     from sessiontrace.sources.store import load_session_path
 

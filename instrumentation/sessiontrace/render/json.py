@@ -29,6 +29,24 @@ Traces are ordered by first start time, ``spans`` holds each trace's roots, chil
 by start time; offsets are from the session's first span. Keys are only ever added to this schema;
 a change that removes or renames one bumps the version in ``schema``.
 
+When the audit log was joined (``path.attach_changes``, ``sessiontrace path --audit-db``), and only
+then, three keys are added: each span gets ``"changes": [change]``, the audit rows written under it
+in chain order (``seq``); each trace gets ``"unplaced_changes": [change]``, its rows whose span is
+not in the path (not exported, or lost); and each ``db.change`` event gets ``"in_audit_log":
+bool``, false for a change event no audit row accounts for (rolled back, or written to another
+database)::
+
+    change = {
+      "seq": int|null, "table": str, "record_id": str, "change_type": "insert"|"update"|"delete",
+      "changed_fields": [str], "previous_values": {str: value}|null, "new_values": {str: value}|null,
+      "time_ns": int, "offset_ms": float, "user_id": str|null, "session_id": str|null,
+      "source": str, "trace_id": str|null, "span_id": str|null
+    }
+
+``record_id`` is the primary key as the log keeps it (canonical JSON text, ``{"id":"CL-1"}``);
+values are as the log encodes them (a ``Decimal`` as a string, a datetime in ISO 8601, masked
+columns ``"[MASKED]"``), and any other non-JSON value is converted the same way, never an error.
+
 Sessions listing, ``"schema": "sessiontrace.sessions/1"``: ``{"schema", "sessions": [{"id",
 "start_ns", "end_ns", "duration_ms", "span_count", "error_count", "user_id", "trigger_source",
 "root_name", "services"}]}``, newest first.
@@ -36,12 +54,17 @@ Sessions listing, ``"schema": "sessiontrace.sessions/1"``: ``{"schema", "session
 
 from __future__ import annotations
 
+import base64
+import enum
 import json
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
+from datetime import date, datetime, time
 from typing import Any
 
-from sessiontrace.path import PathSpan, SessionPath
-from sessiontrace.records import SessionSummary
+from sessiontrace import semconv
+from sessiontrace.path import PathSpan, SessionPath, unmatched_change_events
+from sessiontrace.records import SessionSummary, StoredChange
 
 PATH_SCHEMA = "sessiontrace.path/1"
 SESSIONS_SCHEMA = "sessiontrace.sessions/1"
@@ -51,6 +74,7 @@ def path_document(path: SessionPath) -> dict[str, Any]:
     """The path as plain JSON-ready data (see the module docstring for the schema)."""
     origin = path.start_ns
     failure = path.first_failure()
+    joined = path.audit_joined
     return {
         "schema": PATH_SCHEMA,
         "session": {
@@ -78,7 +102,8 @@ def path_document(path: SessionPath) -> dict[str, Any]:
                 "trace_id": trace.trace_id,
                 "start_ns": trace.start_ns,
                 "span_count": trace.span_count,
-                "spans": [_span(root, origin) for root in trace.roots],
+                "spans": [_span(root, origin, joined) for root in trace.roots],
+                **({"unplaced_changes": [_change(c, origin) for c in trace.unplaced_changes]} if joined else {}),
             }
             for trace in path.traces
         ],
@@ -111,8 +136,10 @@ def dumps(document: dict[str, Any]) -> str:
     return json.dumps(document, indent=2, ensure_ascii=False, default=str)
 
 
-def _span(span: PathSpan, origin: int) -> dict[str, Any]:
-    return {
+def _span(span: PathSpan, origin: int, audit_joined: bool = False) -> dict[str, Any]:
+    # With the audit log joined, each change event says whether an audit row accounts for it.
+    unaudited = {id(e) for e in unmatched_change_events(span)} if audit_joined else set()
+    document: dict[str, Any] = {
         "trace_id": span.trace_id,
         "span_id": span.span_id,
         "parent_span_id": span.parent_span_id,
@@ -134,12 +161,66 @@ def _span(span: PathSpan, origin: int) -> dict[str, Any]:
                 "time_ns": e.time_ns,
                 "offset_ms": _ms(e.time_ns - origin),
                 "attributes": dict(e.attributes),
+                **(
+                    {"in_audit_log": id(e) not in unaudited}
+                    if audit_joined and e.name == semconv.DB_CHANGE_EVENT
+                    else {}
+                ),
             }
             for e in span.events
         ],
         "links": [{"trace_id": k.trace_id, "span_id": k.span_id, "attributes": dict(k.attributes)} for k in span.links],
-        "children": [_span(child, origin) for child in span.children],
     }
+    if audit_joined:
+        document["changes"] = [_change(c, origin) for c in span.changes]
+    document["children"] = [_span(child, origin, audit_joined) for child in span.children]
+    return document
+
+
+def _change(change: StoredChange, origin: int) -> dict[str, Any]:
+    return {
+        "seq": change.seq,
+        "table": change.table_name,
+        "record_id": change.record_id,
+        "change_type": change.change_type,
+        "changed_fields": list(change.changed_fields),
+        "previous_values": _values(change.previous_values),
+        "new_values": _values(change.new_values),
+        "time_ns": change.time_ns,
+        "offset_ms": _ms(change.time_ns - origin),
+        "user_id": change.user_id,
+        "session_id": change.session_id,
+        "source": change.source,
+        "trace_id": change.trace_id,
+        "span_id": change.span_id,
+    }
+
+
+def _values(values: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    return None if values is None else {str(k): _plain(v) for k, v in values.items()}
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as JSON data, encoded as the audit log encodes it (``audit.encoding``): the log's
+    own values pass unchanged; a ``Decimal``, UUID or anything unknown becomes its text, a datetime
+    ISO 8601, bytes base64, an enum member its name, NaN and infinity their text (never an error)."""
+    if isinstance(value, enum.Enum):  # first: a str or int enum is an enum here too, as in the log
+        return value.name
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, (datetime, date, time)):
+        return value.isoformat()
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return base64.b64encode(bytes(value)).decode("ascii")
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (set, frozenset)):  # in a stable order
+        return sorted((_plain(v) for v in value), key=lambda v: json.dumps(v, sort_keys=True))
+    return str(value)
 
 
 def _ms(ns: int) -> float:
