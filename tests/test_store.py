@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
-from opentelemetry.trace import SpanContext, TraceFlags
+from opentelemetry.trace import SpanContext, Status, StatusCode, TraceFlags
 
 from _pathdata import provider, write_scenario
 from sessiontrace import semconv
@@ -52,16 +52,26 @@ def private_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp
 
 
-def _spans(count: int, session_id: str | None = None, start: int = 1_000) -> list[ReadableSpan]:
+def _spans(count: int, session_id: str | None = None, start: int = 1_000, first: int = 0) -> list[ReadableSpan]:
+    """``count`` spans; the ids depend only on ``first`` and the index, so calls can overlap."""
     attributes = {semconv.SESSION_ID: session_id} if session_id else {}
     spans = []
-    for i in range(count):
+    for i in range(first, first + count):
         ctx = SpanContext(0xABC + i, 0x1 + i, is_remote=False, trace_flags=TraceFlags(1))
         spans.append(
             ReadableSpan("op", context=ctx, attributes=attributes, start_time=start + i,
                          end_time=start + i + 10)
         )  # fmt: skip
     return spans
+
+
+def _failed(spans: list[ReadableSpan], *indices: int) -> list[ReadableSpan]:
+    """``spans`` with those at ``indices`` ended in error; same ids, so a re-export is a duplicate."""
+    return [
+        ReadableSpan(s.name, context=s.context, attributes=s.attributes, start_time=s.start_time,
+                     end_time=s.end_time, status=Status(StatusCode.ERROR, "boom") if i in indices else s.status)
+        for i, s in enumerate(spans)
+    ]  # fmt: skip
 
 
 class TestDefaultPath:
@@ -220,6 +230,51 @@ class TestSessionQueries:
         assert summary.first_start_ns == 100
         assert summary.last_end_ns == 5_011
         assert summary.root_name == "root"
+
+    def test_summary_counts_a_batch_exported_twice_once(self, store_path: Path) -> None:
+        sid = new_session_id()
+        batch = _failed(_spans(4, sid), 1, 3)
+        with SpanStore(store_path) as store:
+            store.write(batch)
+            store.write(batch)  # an exporter retry, or a second exporter on the same file
+            (summary,) = store.sessions()
+            assert len(store.session_spans(sid)) == 4
+        assert (summary.span_count, summary.error_count) == (4, 2)
+        assert (summary.first_start_ns, summary.last_end_ns) == (1_000, 1_013)
+        assert summary.root_name == "op"
+
+    def test_summary_counts_only_the_new_spans_of_an_overlapping_batch(self, store_path: Path) -> None:
+        sid, other, old = new_session_id(), new_session_id(), new_session_id()
+        with SpanStore(store_path) as store:
+            store.write(_failed(_spans(3, sid), 0) + _spans(2, old, first=100))
+            # Spans 0-2 of ``sid`` and both of ``old`` again, then two new spans of each session.
+            store.write(
+                _failed(_spans(5, sid), 0, 4) + _spans(2, old, first=100) + _failed(_spans(2, other, first=50), 1)
+            )
+            summaries = {s.session_id: s for s in store.sessions()}
+            stored = {s: len(store.session_spans(s)) for s in (sid, other, old)}
+        assert stored == {sid: 5, other: 2, old: 2}
+        assert {s: (v.span_count, v.error_count) for s, v in summaries.items()} == {
+            sid: (5, 2),
+            other: (2, 1),
+            old: (2, 0),
+        }
+
+    def test_summary_counts_a_span_repeated_within_a_batch_once(self, store_path: Path) -> None:
+        sid = new_session_id()
+        spans = _failed(_spans(2, sid), 0)
+        with SpanStore(store_path) as store:
+            store.write(spans + spans)
+            (summary,) = store.sessions()
+        assert (summary.span_count, summary.error_count) == (2, 1)
+
+    def test_no_session_is_listed_for_spans_that_were_not_stored(self, store_path: Path) -> None:
+        # The same span ids come back stamped with a session: ignored, so that session has no spans.
+        with SpanStore(store_path) as store:
+            store.write(_spans(2))
+            store.write(_spans(2, new_session_id()))
+            assert store.span_count() == 2
+            assert store.sessions() == []
 
 
 class TestConcurrency:

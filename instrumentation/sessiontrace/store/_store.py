@@ -27,7 +27,7 @@ from typing import Any
 from opentelemetry.sdk.trace import ReadableSpan
 
 from sessiontrace.records import SessionSummary, StoredEvent, StoredLink, StoredSpan
-from sessiontrace.store._encode import Encoder
+from sessiontrace.store._encode import Encoder, SessionRow
 from sessiontrace.store._errors import StoreBusy, StoreError, StoreNotFound, StoreNotWritable
 from sessiontrace.store._schema import check_schema, not_a_store
 
@@ -58,6 +58,13 @@ ON CONFLICT (session_id) DO UPDATE SET
         SELECT json_group_array(value) FROM (
             SELECT value FROM json_each(sessions.services)
             UNION SELECT value FROM json_each(excluded.services) ORDER BY value)) END
+"""
+# The per-session counts of the last ``?`` rows inserted. Spans has no AUTOINCREMENT, so a new
+# row takes max(rowid) + 1: the rows one INSERT added are the table's last ones.
+_NEW_ROW_COUNTS = f"""
+SELECT session_id, count(*), sum(status_code = {_STATUSES.index("ERROR")}) FROM (
+    SELECT session_id, status_code FROM spans ORDER BY rowid DESC LIMIT ?)
+WHERE session_id IS NOT NULL GROUP BY session_id
 """
 _SPAN_COLUMNS = (
     "s.trace_id, s.span_id, s.parent_span_id, s.name, s.kind, s.start_ns, s.end_ns, "
@@ -159,7 +166,11 @@ class SpanStore:
                 try:
                     if resources:
                         conn.executemany(_INSERT_RESOURCE, resources)
+                    before = conn.total_changes
                     conn.executemany(_INSERT_SPAN, rows)
+                    inserted = conn.total_changes - before
+                    if sessions and inserted < len(rows):
+                        sessions = _count_inserted(conn, sessions, inserted)
                     if sessions:
                         conn.executemany(_UPSERT_SESSION, sessions)
                     conn.execute("COMMIT")
@@ -220,6 +231,21 @@ class SpanStore:
 
     def __repr__(self) -> str:
         return f"SpanStore({str(self.path)!r})"
+
+
+def _count_inserted(conn: sqlite3.Connection, sessions: list[SessionRow], inserted: int) -> list[SessionRow]:
+    """The batch's session rows counting only the spans this insert stored, not those it ignored.
+
+    Only a batch that repeats stored spans (an exporter retry, two exporters) comes here. The
+    other columns merge idempotently, so they stay as encoded; a session none of whose spans
+    were stored is left out.
+    """
+    counts = {row[0]: (row[1], row[2]) for row in conn.execute(_NEW_ROW_COUNTS, (inserted,))} if inserted else {}
+    return [
+        (sid, first, last, *counts[sid], user, trigger, root, rank, root_start, services)
+        for sid, first, last, _, _, user, trigger, root, rank, root_start, services in sessions
+        if sid in counts
+    ]
 
 
 def _check_writable(path: Path) -> None:
