@@ -34,6 +34,7 @@ from sqlalchemy import (
     Uuid,
     create_engine,
     delete,
+    func,
     insert,
     select,
     text,
@@ -399,6 +400,203 @@ class TestBulkStatements:
         [updated] = [r for r in rows if r["change_type"] == "update"]
         assert updated["changed_fields"] == ["title"]
         assert (updated["previous_values"], updated["new_values"]) == ({"title": "hail damage"}, {"title": "renamed"})
+
+
+def stamps(db: Db, model: type[Claim] | type[Item]) -> dict[int, tuple[str | None, str | None, datetime | None]]:
+    """The mixin columns of every row, by id, as the table holds them."""
+    with db.maker() as orm:
+        return {r.id: (r.session_id, r.changed_by_user_id, r.change_timestamp) for r in orm.scalars(select(model))}
+
+
+def as_utc(moment: datetime | None) -> datetime:
+    """A stamp as an aware UTC datetime (SQLite hands back the naive UTC value it stored)."""
+    assert moment is not None
+    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
+
+
+OTHER_SESSION = "0190b0a6-0000-7000-8000-000000000001"
+
+
+class TestStatementStamps:
+    """ORM-enabled insert() statements stamp the mixin columns of every row they write: each row of
+    a multi-row VALUES, and the rows an upsert updates (the stamps go into its SET clause)."""
+
+    def test_multi_row_values_stamps_every_row(self, db: Db) -> None:
+        with sessiontrace.session(user_id="u-multi") as s, db.maker.begin() as orm:
+            orm.execute(
+                insert(Claim).values(
+                    [
+                        {"id": 1, "title": "a", "amount": None},
+                        {Claim.id: 2, Claim.title: func.lower("B"), Claim.amount: None},  # a SQL expression
+                        {"id": 3, "title": "c", "amount": Decimal("3.30")},
+                    ]
+                )
+            )
+        found = stamps(db, Claim)
+        assert sorted(found) == [1, 2, 3]
+        assert {(sid, user) for sid, user, _ in found.values()} == {(s.id, "u-multi")}
+        assert len({moment for _, _, moment in found.values()}) == 1  # one statement, one moment
+        assert None not in {moment for _, _, moment in found.values()}
+        with db.maker() as orm:
+            assert orm.get_one(Claim, 2).title == "b"  # the expression was kept
+        rows = db.audit_rows()
+        assert [(r["change_type"], r["record_id"]) for r in rows] == [
+            ("insert", '{"id":1}'),
+            ("insert", '{"id":2}'),
+            ("insert", '{"id":3}'),
+        ]
+        assert {(r["session_id"], r["changed_by_user_id"]) for r in rows} == {(s.id, "u-multi")}
+        assert [r["changed_fields"] for r in rows] == [CLAIM_FIELDS] * 3  # the stamps are not recorded as values
+        assert decoded(CLAIM_TABLE, rows[1]["new_values"])["title"] == "b"  # type: ignore[index]
+        assert decoded(CLAIM_TABLE, rows[2]["new_values"])["amount"] == Decimal("3.30")  # type: ignore[index]
+
+    def test_multi_row_positional_values_are_stamped(self, db: Db) -> None:
+        with sessiontrace.session(user_id="u-tuples") as s, db.maker.begin() as orm:
+            orm.execute(insert(Item).values([(1, None, "roof"), (2, None, "gutter")]))  # table column order
+        assert {(sid, user) for sid, user, _ in stamps(db, Item).values()} == {(s.id, "u-tuples")}
+        assert [(r["record_id"], r["new_values"]) for r in db.audit_rows()] == [
+            ('{"id":1}', {"id": 1, "claim_id": None, "label": "roof"}),
+            ('{"id":2}', {"id": 2, "claim_id": None, "label": "gutter"}),
+        ]
+
+    def test_multi_row_values_stamps_replace_values_given(self, db: Db) -> None:
+        # As in a single-row VALUES and the unit of work: the current session wins.
+        given = datetime(2020, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+        with sessiontrace.session(user_id="u-multi") as s, db.maker.begin() as orm:
+            orm.execute(
+                insert(Item).values(
+                    [
+                        {"id": 1, "label": "imported", "session_id": OTHER_SESSION, "changed_by_user_id": "importer"},
+                        {"id": 2, "label": "ours"},
+                        {"id": 3, "label": "dated", Item.change_timestamp: given},
+                    ]
+                )
+            )
+        found = stamps(db, Item)
+        assert {row[:2] for row in found.values()} == {(s.id, "u-multi")}
+        assert len({row[2] for row in found.values()}) == 1
+        assert as_utc(found[3][2]) != given
+        assert [r["change_type"] for r in db.audit_rows()] == ["insert"] * 3
+
+    @pytest.mark.parametrize("shape", ["values", "multi_values", "executemany"])
+    def test_upsert_restamps_the_rows_it_updates(self, db: Db, shape: str) -> None:
+        dialect_insert = postgresql.insert if db.backend == "postgresql" else sqlite.insert
+        with sessiontrace.session(user_id="u-first") as first, db.maker.begin() as orm:
+            orm.add(full_claim())
+        [(_, _, before)] = stamps(db, Claim).values()
+        rows = [{"id": 1, "title": "renamed"}, {"id": 3, "title": "brand new"}]
+        with sessiontrace.session(user_id="u-second") as second, db.maker.begin() as orm:
+            if shape == "values":
+                statement = dialect_insert(Claim).values(rows[0])
+            elif shape == "multi_values":
+                statement = dialect_insert(Claim).values(rows)
+            else:
+                statement = dialect_insert(Claim)
+            statement = statement.on_conflict_do_update(
+                index_elements=[Claim.id], set_={"title": statement.excluded.title}
+            )
+            orm.execute(statement, rows if shape == "executemany" else None)
+        assert first.id != second.id
+        found = stamps(db, Claim)
+        assert found[1][:2] == (second.id, "u-second")  # the update branch was stamped too
+        assert as_utc(found[1][2]) > as_utc(before)
+        if shape != "values":
+            assert found[3][:2] == (second.id, "u-second")
+            assert found[3][2] == found[1][2]
+        audit = db.audit_rows()[1:]
+        assert sorted((r["change_type"], r["record_id"]) for r in audit) == sorted(
+            [("update", '{"id":1}')] + ([("insert", '{"id":3}')] if shape != "values" else [])
+        )
+        [updated] = [r for r in audit if r["change_type"] == "update"]
+        assert updated["changed_fields"] == ["title"]  # the stamp columns are not recorded as values
+        assert (updated["previous_values"], updated["new_values"]) == ({"title": "hail damage"}, {"title": "renamed"})
+        assert {(r["session_id"], r["changed_by_user_id"]) for r in audit} == {(second.id, "u-second")}
+
+    def test_upsert_stamps_replace_its_set_and_keep_its_own_clauses(self, db: Db) -> None:
+        dialect_insert = postgresql.insert if db.backend == "postgresql" else sqlite.insert
+        with db.maker.begin() as orm:
+            orm.add_all([full_claim(), full_claim(id=2, title="locked")])
+        with sessiontrace.session(user_id="u-up") as s, db.maker.begin() as orm:
+            statement = dialect_insert(Claim).values(
+                [
+                    {"id": 1, "title": "renamed", "changed_by_user_id": "importer"},
+                    {"id": 2, "title": "unlocked", "changed_by_user_id": "importer"},
+                ]
+            )
+            target: dict[str, Any] = (
+                {"constraint": "claim_pkey"} if db.backend == "postgresql" else {"index_elements": ["id"]}
+            )
+            statement = statement.on_conflict_do_update(
+                **target,
+                set_={
+                    "title": statement.excluded.title,
+                    Claim.changed_by_user_id: statement.excluded.changed_by_user_id,
+                },
+                where=Claim.title != "locked",
+            )
+            ids = orm.scalars(statement.returning(Claim.id)).all()
+            assert ids == [1]  # the application's RETURNING: row 2 was not updated (its WHERE held)
+        found = stamps(db, Claim)
+        assert found[1][:2] == (s.id, "u-up")  # set_ named changed_by_user_id: the session's value won
+        assert found[1][2] is not None
+        assert found[2] == (None, None, found[2][2])  # untouched: still as first written, outside a session
+        assert as_utc(found[2][2]) < as_utc(found[1][2])
+        audit = db.audit_rows()[2:]
+        assert [(r["change_type"], r["record_id"], r["new_values"]) for r in audit] == [
+            ("update", '{"id":1}', {"title": "renamed"})
+        ]
+        assert audit[0]["session_id"] == s.id
+
+    def test_upsert_outside_a_session_restamps_only_the_time(self, db: Db) -> None:
+        dialect_insert = postgresql.insert if db.backend == "postgresql" else sqlite.insert
+        with sessiontrace.session(user_id="u-first") as first, db.maker.begin() as orm:
+            orm.add(full_claim())
+        [(_, _, before)] = stamps(db, Claim).values()
+        with db.maker.begin() as orm:
+            statement = dialect_insert(Claim).values(id=1, title="renamed")
+            orm.execute(statement.on_conflict_do_update(index_elements=["id"], set_={"title": "renamed"}))
+        [(session_id, user, after)] = stamps(db, Claim).values()
+        assert (session_id, user) == (first.id, "u-first")  # nothing is overwritten with NULL
+        assert as_utc(after) > as_utc(before)
+
+    def test_a_reused_upsert_is_stamped_with_each_executions_session(self, db: Db) -> None:
+        dialect_insert = postgresql.insert if db.backend == "postgresql" else sqlite.insert
+        statement = dialect_insert(Claim).values(id=1, title="same")
+        statement = statement.on_conflict_do_update(index_elements=[Claim.id], set_={"title": statement.excluded.title})
+        seen = []
+        for user in ("u-1", "u-2", "u-3"):  # the second and third hit the compiled cache
+            with sessiontrace.session(user_id=user) as s, db.maker.begin() as orm:
+                orm.execute(statement)
+            [stamp] = stamps(db, Claim).values()
+            assert stamp[:2] == (s.id, user)
+            seen.append(stamp[2])
+        assert len({as_utc(moment) for moment in seen}) == 3
+        assert seen == sorted(seen)
+        assert [r["change_type"] for r in db.audit_rows()] == ["insert"]  # same title: no change recorded
+
+    @pytest.mark.parametrize("db", ["sqlite"], indirect=True)
+    def test_each_do_update_of_several_sqlite_on_conflict_clauses_is_stamped(self, db: Db) -> None:
+        if not hasattr(sqlite.Insert, "ext"):
+            pytest.skip("several ON CONFLICT clauses need SQLAlchemy 2.1")
+        with db.maker.begin() as orm:
+            orm.add(Tag(claim_id=1, tag="a", weight=1))
+        with sessiontrace.session(user_id="u-tags") as s, db.maker.begin() as orm:
+            statement = sqlite.insert(Tag).values(
+                [{"claim_id": 1, "tag": "a", "weight": 5}, {"claim_id": 2, "tag": "b", "weight": 2}]
+            )
+            statement = statement.on_conflict_do_update(
+                index_elements=["claim_id", "tag"], set_={"weight": statement.excluded.weight}
+            ).on_conflict_do_nothing()
+            orm.execute(statement)
+        with db.maker() as orm:
+            found = {
+                (t.claim_id, t.tag): (t.weight, t.session_id, t.changed_by_user_id) for t in orm.scalars(select(Tag))
+            }
+        assert found == {(1, "a"): (5, s.id, "u-tags"), (2, "b"): (2, s.id, "u-tags")}
+        assert [(r["change_type"], r["new_values"]) for r in db.audit_rows()[1:]] == [
+            ("update", {"weight": 5}),
+            ("insert", {"claim_id": 2, "tag": "b", "weight": 2}),
+        ]
 
 
 class TestAsyncSession:

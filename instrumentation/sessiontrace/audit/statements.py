@@ -6,22 +6,27 @@ session's connection in the same transaction:
 - ``update`` / ``delete``: select the rows the statement's WHERE matches (``FOR UPDATE`` on
   PostgreSQL), run it, read the updated rows again by primary key, record the differences. Bulk
   UPDATE by primary key (a list of parameter dicts) is read by those keys.
-- ``insert``: add ``RETURNING`` of the audited columns and record every returned row.
+- ``insert``: add ``RETURNING`` of the audited columns and record every returned row. The
+  ``Audited`` columns are stamped on every row: in the single-row VALUES, in each row of a
+  multi-row VALUES, or in every parameter set of an executemany.
 - upserts (``on_conflict_do_update`` of the PostgreSQL and SQLite dialects): before running,
   select the rows that already hold the conflict target's values; each returned row whose key was
   there is an update (with its previous values), the others are inserts. ``on_conflict_do_nothing``
-  returns only the rows it inserted.
+  returns only the rows it inserted. ``on_conflict_do_update`` also gets the ``Audited`` columns
+  in its SET clause, so the rows it updates are stamped too.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy import BindParameter, ClauseElement, Column, Connection, Delete, Insert, Result, Update
 from sqlalchemy.dialects.postgresql.dml import OnConflictDoNothing as PgDoNothing
+from sqlalchemy.dialects.postgresql.dml import OnConflictDoUpdate as PgDoUpdate
 from sqlalchemy.dialects.sqlite.dml import OnConflictDoNothing as SqliteDoNothing
+from sqlalchemy.dialects.sqlite.dml import OnConflictDoUpdate as SqliteDoUpdate
 from sqlalchemy.orm import ORMExecuteState
 
 from sessiontrace.audit.auditor import Auditor
@@ -119,8 +124,11 @@ def _insert(
     if stamp:
         if state.is_executemany:
             invoke_params = [stamp] * len(params)
-        elif not statement._multi_values:
+        elif statement._multi_values:
+            statement = _stamp_multi_values(statement, plan, stamp)
+        else:
             statement = statement.values(**stamp)
+        statement = _stamp_upsert_set(statement, plan, stamp)
     conflict = statement._post_values_clause
     upsert = conflict is not None and not isinstance(conflict, (PgDoNothing, SqliteDoNothing))
     existing: Rows = {}
@@ -148,6 +156,89 @@ def _insert(
             if change is not None:
                 changes.append(change)
     return result, changes
+
+
+def _names(keys: Iterable[Any]) -> set[str]:
+    """The names VALUES / SET keys go by: strings (attribute or column keys) and columns' keys and names."""
+    names: set[str] = set()
+    for key in keys:
+        if isinstance(key, str):
+            names.add(key)
+        else:
+            names.update(n for n in (getattr(key, "key", None), getattr(key, "name", None)) if isinstance(n, str))
+    return names
+
+
+def _stamped(plan: TablePlan, stamp: Mapping[str, Any], given: Mapping[Any, Any]) -> dict[Any, Any]:
+    """``given`` (a VALUES row or a SET clause) with the stamp columns set to ``stamp``: a value it
+    gives one of them itself is replaced, as in every other ORM write (the current session wins)."""
+    columns = {plan.mapper.columns[key]: value for key, value in stamp.items()}
+    names = _names(columns) | set(stamp)
+    kept = {key: value for key, value in given.items() if _names([key]).isdisjoint(names)}
+    return {**kept, **columns}
+
+
+def _stamp_multi_values(statement: Insert, plan: TablePlan, stamp: Mapping[str, Any]) -> Insert:
+    """``statement`` with ``stamp`` merged into every row of its multi-row VALUES.
+
+    SQLAlchemy has no public way to replace a multi-row VALUES: ``values([...])`` adds rows to
+    those already there, ``values(**stamp)`` cannot be mixed with it, and a new ``insert()`` would
+    drop the rest of the statement (RETURNING, ON CONFLICT, hints, options). So the rows are
+    rebuilt here, each a mapping (positional rows are in table column order, as SQLAlchemy reads
+    them) with the stamp columns set, and set on a copy of the statement, as the
+    statement's own generative methods do (``_generate``; ``_multi_values`` holds one list of rows
+    per ``values([...])`` call, flattened into one here)."""
+    rows: list[dict[Any, Any]] = []
+    for given_rows in statement._multi_values:
+        for given in given_rows:
+            row: Mapping[Any, Any] = (
+                given if isinstance(given, Mapping) else dict(zip(plan.table.columns, given, strict=False))
+            )
+            rows.append(_stamped(plan, stamp, row))
+    stamped = statement._generate()
+    stamped._multi_values = (rows,)
+    return stamped
+
+
+def _stamp_upsert_set(statement: Insert, plan: TablePlan, stamp: Mapping[str, Any]) -> Insert:
+    """``statement`` with ``stamp`` added to the SET clause of its ``on_conflict_do_update``, so
+    that the rows it updates are stamped like the ones it inserts; unchanged if it is no such upsert.
+
+    The clause is rebuilt with its own constructor from its public attributes (conflict target,
+    SET, WHERE) and set on a copy of the statement (``_generate``) as ``_post_values_clause``
+    directly, as ``on_conflict_do_update`` itself does: there is no public way to replace the
+    clause (a second ``on_conflict_do_update`` is refused on PostgreSQL and, on SQLite with
+    SQLAlchemy 2.1, adds a second clause; 2.0 has no ``ext()``). SQLAlchemy 2.1 keeps several
+    SQLite ON CONFLICT clauses in one list element there: each DO UPDATE in it is stamped."""
+    conflict = statement._post_values_clause
+    if conflict is None:
+        return statement
+    several: Sequence[Any] | None = getattr(conflict, "clauses", None)  # SQLAlchemy 2.1's list element
+    clauses = list(several) if several is not None else [conflict]
+    stamped = [_stamped_do_update(c, plan, stamp) for c in clauses]
+    if all(new is old for new, old in zip(stamped, clauses, strict=True)):
+        return statement
+    element_list: Any = type(conflict)
+    copy = statement._generate()
+    copy._post_values_clause = element_list(stamped) if several is not None else stamped[0]
+    return copy
+
+
+def _stamped_do_update(clause: Any, plan: TablePlan, stamp: Mapping[str, Any]) -> Any:
+    """An ``on_conflict_do_update`` clause like ``clause`` whose SET also assigns the stamp columns;
+    ``clause`` itself if it is not one."""
+    if not isinstance(clause, (PgDoUpdate, SqliteDoUpdate)):
+        return clause
+    if not stamp:
+        return clause
+    set_ = _stamped(plan, stamp, dict(clause.update_values_to_set))
+    target: dict[str, Any] = {
+        "index_elements": clause.inferred_target_elements,
+        "index_where": clause.inferred_target_whereclause,
+    }
+    if isinstance(clause, PgDoUpdate) and clause.constraint_target is not None:
+        target = {"constraint": clause.constraint_target}
+    return type(clause)(**target, set_=set_, where=clause.update_whereclause)
 
 
 def _conflicting_rows(
@@ -194,11 +285,12 @@ def _inserted_values(statement: Insert, plan: TablePlan, params: Sequence[Mappin
     """The rows an INSERT carries, by column name; values that are SQL expressions are left out."""
     raw: list[Mapping[Any, Any]] = list(params)
     if not raw and statement._multi_values:
-        for given_row in statement._multi_values[0]:
-            if isinstance(given_row, Mapping):
-                raw.append(given_row)
-            else:  # positional, in table column order
-                raw.append(dict(zip(plan.table.columns, given_row, strict=False)))
+        for given_rows in statement._multi_values:  # one list of rows per values([...]) call
+            for given_row in given_rows:
+                if isinstance(given_row, Mapping):
+                    raw.append(given_row)
+                else:  # positional, in table column order
+                    raw.append(dict(zip(plan.table.columns, given_row, strict=False)))
     if not raw and statement._values:
         raw.append(statement._values)
     rows: list[dict[str, Any]] = []
