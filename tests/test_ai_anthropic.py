@@ -734,3 +734,38 @@ class TestOutboundPolicy:
         assert current.id not in headers.get("baggage", "")
         assert "alice" not in headers.get("baggage", "")
         assert format(app.get_span_context().trace_id, "032x") in headers["traceparent"]  # the trace still joins
+
+
+# --- the SDK's own span ------------------------------------------------------------------------------------
+@pytest.mark.usefixtures("instrumented")
+class TestSdkSpan:
+    """The SDK's own span carries token usage too (the README's warning about summing tokens over
+    every span), and the two ways the README gives to turn it off leave ours alone."""
+
+    def test_both_spans_carry_the_usage(self, client: anthropic.Anthropic, capsession: CapturedSpans) -> None:
+        with session():
+            client.messages.create(model=MODEL, max_tokens=64, messages=user("Hi"))
+        (sdk,) = sdk_spans(capsession)
+        ours = the_ai_span(capsession)
+        usage = (semconv.GEN_AI_USAGE_INPUT_TOKENS, semconv.GEN_AI_USAGE_OUTPUT_TOKENS)
+        assert [(sdk.attributes or {})[key] for key in usage] == [(ours.attributes or {})[key] for key in usage]
+
+    def test_environment_variable_turns_it_off(
+        self, fake: FakeAnthropic, capsession: CapturedSpans, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setenv("ANTHROPIC_OPEN_TELEMETRY", "false")
+        with anthropic.Anthropic(base_url=fake.base_url, api_key="test", max_retries=0) as sdk, session():
+            sdk.messages.create(model=MODEL, max_tokens=64, messages=user("Hi"))
+        assert sdk_spans(capsession) == []
+        assert (the_ai_span(capsession).attributes or {})[semconv.GEN_AI_USAGE_OUTPUT_TOKENS] > 0
+
+    def test_client_option_turns_it_off(self, fake: FakeAnthropic, capsession: CapturedSpans) -> None:
+        with (
+            anthropic.Anthropic(
+                base_url=fake.base_url, api_key="test", max_retries=0, open_telemetry={"traces": False}
+            ) as sdk,
+            session(),
+        ):
+            sdk.messages.create(model=MODEL, max_tokens=64, messages=user("Hi"))
+        assert sdk_spans(capsession) == []
+        assert (the_ai_span(capsession).attributes or {})[semconv.GEN_AI_USAGE_OUTPUT_TOKENS] > 0
