@@ -207,7 +207,7 @@ def _copy(connection: Connection, audit_table: Table, rows: list[dict[str, Any]]
     """
     cursor: Any = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
     try:
-        copy = getattr(cursor, "copy", None)
+        copy = _sync_copy(cursor)
         if copy is None:
             return False
         target = connection.dialect.identifier_preparer.format_table(audit_table)
@@ -217,6 +217,17 @@ def _copy(connection: Connection, audit_table: Table, rows: list[dict[str, Any]]
         return True
     finally:
         cursor.close()
+
+
+def _sync_copy(cursor: Any) -> Any:
+    """The cursor's ``copy`` when it is a synchronous psycopg cursor, else None. An async engine's
+    adapted cursor may pass ``copy`` through from psycopg's async cursor (SQLAlchemy 2.0 does),
+    whose COPY cannot run from this synchronous code."""
+    try:
+        import psycopg
+    except ImportError:
+        return None
+    return cursor.copy if isinstance(cursor, psycopg.Cursor) else None
 
 
 def _chain(
