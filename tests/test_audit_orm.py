@@ -34,6 +34,7 @@ from sqlalchemy import (
     Uuid,
     create_engine,
     delete,
+    event,
     func,
     insert,
     select,
@@ -400,6 +401,39 @@ class TestBulkStatements:
         [updated] = [r for r in rows if r["change_type"] == "update"]
         assert updated["changed_fields"] == ["title"]
         assert (updated["previous_values"], updated["new_values"]) == ({"title": "hail damage"}, {"title": "renamed"})
+
+    def test_upsert_that_races_an_insert_is_retried_and_recorded_as_an_update(self, db: Db) -> None:
+        if db.backend != "postgresql":
+            pytest.skip("SQLite writers cannot interleave: the first write takes the database's write lock")
+        # Another client inserts the conflicting row after the upsert read which rows exist and
+        # before the upsert runs: the row takes the UPDATE branch with previous values nobody read.
+        raced: list[str] = []
+
+        def insert_first(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+            if not raced and statement.startswith("INSERT INTO claim") and "ON CONFLICT" in statement:
+                raced.append(statement)
+                with db.engine.connect() as other:  # a second connection; commits before we go on
+                    other.execute(text("INSERT INTO claim (id, title) VALUES (7, 'filed by phone')"))
+                    other.commit()
+
+        event.listen(db.engine, "before_cursor_execute", insert_first)
+        try:
+            with sessiontrace.session(user_id="u-race") as s, db.maker.begin() as orm:
+                statement = postgresql.insert(Claim).values(id=7, title="filed online")
+                orm.execute(
+                    statement.on_conflict_do_update(index_elements=[Claim.id], set_={"title": statement.excluded.title})
+                )
+        finally:
+            event.remove(db.engine, "before_cursor_execute", insert_first)
+        assert raced
+        with db.maker() as orm:
+            assert orm.get_one(Claim, 7).title == "filed online"
+        [change] = db.audit_rows()
+        assert (change["change_type"], change["record_id"], change["session_id"]) == ("update", '{"id":7}', s.id)
+        assert (change["previous_values"], change["new_values"]) == (
+            {"title": "filed by phone"},
+            {"title": "filed online"},
+        )
 
 
 def stamps(db: Db, model: type[Claim] | type[Item]) -> dict[int, tuple[str | None, str | None, datetime | None]]:

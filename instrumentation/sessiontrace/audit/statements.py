@@ -11,7 +11,9 @@ session's connection in the same transaction:
   multi-row VALUES, or in every parameter set of an executemany.
 - upserts (``on_conflict_do_update`` of the PostgreSQL and SQLite dialects): before running,
   select the rows that already hold the conflict target's values; each returned row whose key was
-  there is an update (with its previous values), the others are inserts. ``on_conflict_do_nothing``
+  there is an update (with its previous values), the others are inserts; on PostgreSQL, RETURNING
+  also says which branch each row took, and an upsert that raced another transaction's insert is
+  undone to a savepoint and run again. ``on_conflict_do_nothing``
   returns only the rows it inserted. ``on_conflict_do_update`` also gets the ``Audited`` columns
   in its SET clause, so the rows it updates are stamped too.
 """
@@ -22,7 +24,18 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import BindParameter, ClauseElement, Column, Connection, Delete, Insert, Result, Update
+from sqlalchemy import (
+    BindParameter,
+    ClauseElement,
+    Column,
+    ColumnClause,
+    Connection,
+    Delete,
+    Insert,
+    Result,
+    Update,
+    literal_column,
+)
 from sqlalchemy.dialects.postgresql.dml import OnConflictDoNothing as PgDoNothing
 from sqlalchemy.dialects.postgresql.dml import OnConflictDoUpdate as PgDoUpdate
 from sqlalchemy.dialects.sqlite.dml import OnConflictDoNothing as SqliteDoNothing
@@ -131,11 +144,58 @@ def _insert(
         statement = _stamp_upsert_set(statement, plan, stamp)
     conflict = statement._post_values_clause
     upsert = conflict is not None and not isinstance(conflict, (PgDoNothing, SqliteDoNothing))
-    existing: Rows = {}
-    if upsert and conflict is not None:
+    if not upsert or conflict is None:
+        return _run_insert(state, statement, invoke_params, plan, {}, checked=False)
+    if connection.dialect.name != "postgresql":
+        # SQLite: the write lock is taken by the first write, so another writer's insert between
+        # our read and our upsert makes our write fail (busy), never take the wrong branch.
         existing = _conflicting_rows(statement, conflict, plan, params, connection)
+        return _run_insert(state, statement, invoke_params, plan, existing, checked=False)
+    # PostgreSQL: another transaction may insert a conflicting row after we read which rows exist
+    # and before our upsert runs; our row then takes the UPDATE branch and its previous values
+    # were never read. RETURNING says which branch each row took; on a mismatch the upsert is
+    # undone to a savepoint and run again, now seeing that row.
+    for _ in range(_UPSERT_ATTEMPTS):
+        connection.exec_driver_sql(f"SAVEPOINT {_SAVEPOINT}")
+        existing = _conflicting_rows(statement, conflict, plan, params, connection)
+        try:
+            outcome = _run_insert(state, statement, invoke_params, plan, existing, checked=True)
+        except _RaceLost:
+            connection.exec_driver_sql(f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}")
+            continue
+        connection.exec_driver_sql(f"RELEASE SAVEPOINT {_SAVEPOINT}")
+        return outcome
+    raise AuditError(
+        f"cannot audit an upsert into {plan.table_name}: other transactions kept inserting rows with its "
+        f"conflict target's values while it ran ({_UPSERT_ATTEMPTS} attempts); the upsert was undone"
+    )
+
+
+_UPSERT_ATTEMPTS = 5
+_SAVEPOINT = "sessiontrace_upsert"
+_INSERTED: ColumnClause[Any] = literal_column(
+    "xmax = 0"
+)  # PostgreSQL: true for a row the statement inserted, false if updated
+
+
+class _RaceLost(Exception):
+    """A row took the UPDATE branch of an upsert although no row with its key existed when read."""
+
+
+def _run_insert(
+    state: ORMExecuteState,
+    statement: Insert,
+    invoke_params: list[dict[str, Any]] | dict[str, Any] | None,
+    plan: TablePlan,
+    existing: Rows,
+    *,
+    checked: bool,
+) -> tuple[Result[Any], list[Change]]:
+    """Run the INSERT with RETURNING of the audited columns; a returned row whose key was in
+    ``existing`` is an update from those values, any other an insert. ``checked``: also return
+    which branch each row took (PostgreSQL) and raise ``_RaceLost`` when that disagrees."""
     user_columns = len(statement._returning)
-    statement = statement.returning(*(f.column for f in plan.selected))
+    statement = statement.returning(*(f.column for f in plan.selected), *([_INSERTED] if checked else []))
     result = state.invoke_statement(statement=statement, params=invoke_params)
     keys = [f.key for f in plan.selected]
     width = len(plan.pk)
@@ -147,6 +207,10 @@ def _insert(
         rows = [tuple(row) for row in result]
     changes: list[Change] = []
     for row in rows:
+        if checked:
+            row, inserted = row[:-1], row[-1]
+            if not inserted and tuple(row[:width]) not in existing:
+                raise _RaceLost
         values = dict(zip(keys, row, strict=True))
         previous = existing.get(tuple(row[:width]))
         if previous is None:
