@@ -437,8 +437,8 @@ def baggage_keys(headers: dict[str, str]) -> set[str]:
 
 class TestOutboundAllowList:
     """Our session entries go to allowed hosts only. For any other host they are stripped from
-    ``baggage`` and ``uberctx-*`` headers, whoever put them there, while the application's own
-    entries stay."""
+    ``baggage``, ``jaeger-baggage`` and ``uberctx-*`` headers, whoever put them there, while the
+    application's own entries stay."""
 
     @pytest.mark.parametrize("client", list(CLIENTS))
     def test_only_allowed_host_receives_the_session(
@@ -477,12 +477,14 @@ class TestOutboundAllowList:
             f"uberctx-{semconv.BAGGAGE_SESSION_ID}": sid,
             f"uberctx-{semconv.BAGGAGE_USER_ID}": "bob",
             "uberctx-tenant": "acme",
+            "jaeger-baggage": f"tenant=acme, session.id={sid}, user.id=bob",
         }
         CLIENTS[client](f"http://127.0.0.1:{header_recorder.port}/not-allowed", headers)
 
         (received,) = header_recorder.requests
         assert received["baggage"] == "tenant=acme,region=eu"
         assert received["uberctx-tenant"] == "acme"
+        assert received["jaeger-baggage"] == "tenant=acme"
         assert "uberctx-session.id" not in received
         assert "uberctx-user.id" not in received
         assert sid not in json.dumps(received)

@@ -1,9 +1,9 @@
 """Outbound HTTP: send the session to hosts on the allow-list, and to no one else.
 
 ``OutboundPolicyInstrumentor`` patches the transports of httpx and httpx2 (sync and async; the
-OpenAI and Anthropic SDKs send through httpx2) and requests, the
-last place a request passes before the wire. For an allowed host it injects the trace and session;
-for any other host it removes our entries from ``baggage`` and ``uberctx-*`` headers, whoever put
+OpenAI and Anthropic SDKs send through httpx2) and requests, the last place a request passes
+before the wire. For an allowed host it injects the trace and session; for any other host it
+removes our entries from ``baggage``, ``jaeger-baggage`` and ``uberctx-*`` headers, whoever put
 them there (OpenTelemetry's own httpx/requests instrumentors inject through the global propagator,
 which sees the destination we set and leaves them out as well).
 """
@@ -24,6 +24,9 @@ from sessiontrace.propagation import destination_allowed, inject, outbound_to
 
 _OURS = frozenset(semconv.OUR_BAGGAGE_KEYS)
 _JAEGER_BAGGAGE_PREFIX = "uberctx-"
+# Headers holding a comma-separated list of key=value entries: W3C's, and jaeger-client's ad-hoc
+# baggage header (which we never write, but a jaeger-client in the same process may).
+_BAGGAGE_LISTS = ("baggage", "jaeger-baggage")
 _HTTPX_FAMILY = ("httpx", "httpx2")  # same transport API
 
 
@@ -34,8 +37,8 @@ def apply_policy(headers: MutableMapping[str, str], url: str) -> None:
         return
     for name in list(headers.keys()):
         lowered = name.lower()
-        if lowered == "baggage":
-            kept = [entry for entry in headers[name].split(",") if _entry_key(entry) not in _OURS]
+        if lowered in _BAGGAGE_LISTS:
+            kept = [entry.strip() for entry in headers[name].split(",") if _entry_key(entry) not in _OURS]
             if kept:
                 headers[name] = ",".join(kept)
             else:
