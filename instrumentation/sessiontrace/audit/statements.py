@@ -11,11 +11,11 @@ session's connection in the same transaction:
   multi-row VALUES, or in every parameter set of an executemany.
 - upserts (``on_conflict_do_update`` of the PostgreSQL and SQLite dialects): before running,
   select the rows that already hold the conflict target's values; each returned row whose key was
-  there is an update (with its previous values), the others are inserts; on PostgreSQL, RETURNING
+  there is an update (with its previous values), the others are inserts. On PostgreSQL RETURNING
   also says which branch each row took, and an upsert that raced another transaction's insert is
-  undone to a savepoint and run again. ``on_conflict_do_nothing``
-  returns only the rows it inserted. ``on_conflict_do_update`` also gets the ``Audited`` columns
-  in its SET clause, so the rows it updates are stamped too.
+  undone to a savepoint and run again. ``on_conflict_do_nothing`` returns only the rows it
+  inserted. ``on_conflict_do_update`` also gets the ``Audited`` columns in its SET clause, so the
+  rows it updates are stamped too.
 """
 
 from __future__ import annotations
@@ -173,9 +173,8 @@ def _insert(
 
 _UPSERT_ATTEMPTS = 5
 _SAVEPOINT = "sessiontrace_upsert"
-_INSERTED: ColumnClause[Any] = literal_column(
-    "xmax = 0"
-)  # PostgreSQL: true for a row the statement inserted, false if updated
+# PostgreSQL, in RETURNING: true for a row the statement inserted, false for one it updated.
+_INSERTED: ColumnClause[Any] = literal_column("xmax = 0")
 
 
 class _RaceLost(Exception):
@@ -249,9 +248,9 @@ def _stamp_multi_values(statement: Insert, plan: TablePlan, stamp: Mapping[str, 
     those already there, ``values(**stamp)`` cannot be mixed with it, and a new ``insert()`` would
     drop the rest of the statement (RETURNING, ON CONFLICT, hints, options). So the rows are
     rebuilt here, each a mapping (positional rows are in table column order, as SQLAlchemy reads
-    them) with the stamp columns set, and set on a copy of the statement, as the
-    statement's own generative methods do (``_generate``; ``_multi_values`` holds one list of rows
-    per ``values([...])`` call, flattened into one here)."""
+    them) with the stamp columns set, and set on a copy of the statement, as the statement's own
+    generative methods do (``_generate``; ``_multi_values`` holds one list of rows per
+    ``values([...])`` call, flattened into one here)."""
     rows: list[dict[Any, Any]] = []
     for given_rows in statement._multi_values:
         for given in given_rows:
@@ -291,9 +290,7 @@ def _stamp_upsert_set(statement: Insert, plan: TablePlan, stamp: Mapping[str, An
 def _stamped_do_update(clause: Any, plan: TablePlan, stamp: Mapping[str, Any]) -> Any:
     """An ``on_conflict_do_update`` clause like ``clause`` whose SET also assigns the stamp columns;
     ``clause`` itself if it is not one."""
-    if not isinstance(clause, (PgDoUpdate, SqliteDoUpdate)):
-        return clause
-    if not stamp:
+    if not stamp or not isinstance(clause, (PgDoUpdate, SqliteDoUpdate)):
         return clause
     set_ = _stamped(plan, stamp, dict(clause.update_values_to_set))
     target: dict[str, Any] = {
