@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind, StatusCode
@@ -73,6 +74,15 @@ def to_json(value: object) -> str:
         if isinstance(value, Mapping):
             return _ENCODER.encode({str(k): str(v) for k, v in value.items()})
         return _ENCODER.encode(str(value))
+
+
+def _as_dict(attributes: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    """The attributes as a dict for the JSON encoder. An ended span's (or an event's) attributes
+    can no longer change: their dict is read as it is, not copied through the Mapping ABC (a
+    locked ``__getitem__`` per key)."""
+    if type(attributes) is BoundedAttributes and attributes._immutable:
+        return attributes._dict
+    return dict(attributes or {})
 
 
 @dataclass(slots=True)
@@ -147,7 +157,7 @@ class Encoder:
                     status.description,
                     service,
                     session_id,
-                    to_json(dict(attrs)),
+                    to_json(_as_dict(attrs)),
                     _events(events) if events else None,
                     _links(links) if links else None,
                     resource_id,
@@ -208,7 +218,7 @@ def _session_row(session_id: str, agg: _SessionAgg) -> SessionRow:
 
 
 def _events(events: Iterable[Any]) -> str:
-    return to_json([{"name": e.name, "time_ns": e.timestamp, "attributes": dict(e.attributes or {})} for e in events])
+    return to_json([{"name": e.name, "time_ns": e.timestamp, "attributes": _as_dict(e.attributes)} for e in events])
 
 
 def _links(links: Iterable[Any]) -> str:
@@ -217,7 +227,7 @@ def _links(links: Iterable[Any]) -> str:
             {
                 "trace_id": f"{link.context.trace_id:032x}",
                 "span_id": f"{link.context.span_id:016x}",
-                "attributes": dict(link.attributes or {}),
+                "attributes": _as_dict(link.attributes),
             }
             for link in links
         ]
