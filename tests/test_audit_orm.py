@@ -402,9 +402,9 @@ class TestBulkStatements:
         assert updated["changed_fields"] == ["title"]
         assert (updated["previous_values"], updated["new_values"]) == ({"title": "hail damage"}, {"title": "renamed"})
 
+    # PostgreSQL only: SQLite writers cannot interleave (the first write takes the database's lock).
+    @pytest.mark.parametrize("db", ["postgresql"], indirect=True)
     def test_upsert_that_races_an_insert_is_retried_and_recorded_as_an_update(self, db: Db) -> None:
-        if db.backend != "postgresql":
-            pytest.skip("SQLite writers cannot interleave: the first write takes the database's write lock")
         # Another client inserts the conflicting row after the upsert read which rows exist and
         # before the upsert runs: the row takes the UPDATE branch with previous values nobody read.
         raced: list[str] = []
