@@ -58,7 +58,8 @@ SUPA_AUDIT_OPS_PER_S = 3_000
 ROWS_PER_TRANSACTION = 5
 JSON_COLUMNS = ("changed_fields", "previous_values", "new_values")
 
-GENERIC_JSONB_TRIGGER = """
+# The peers' log: the old and new row as JSONB, nothing else.
+GENERIC_AUDIT_TABLE = """
 CREATE TABLE generic_audit (
     id bigserial PRIMARY KEY,
     table_name text NOT NULL,
@@ -68,6 +69,9 @@ CREATE TABLE generic_audit (
     changed_at timestamptz NOT NULL DEFAULT now(),
     db_user text NOT NULL DEFAULT current_user
 );
+"""
+
+GENERIC_JSONB_TRIGGER = """
 CREATE FUNCTION generic_audit() RETURNS trigger LANGUAGE plpgsql AS $fn$
 BEGIN
     INSERT INTO generic_audit (table_name, op, old_row, new_row)
@@ -84,15 +88,6 @@ CREATE TRIGGER generic_audit AFTER INSERT OR UPDATE OR DELETE ON claim
 # A trigger with transition tables fires for one event only, hence three; each branch of the
 # function touches only the tables its event has (PL/pgSQL plans a statement when it first runs).
 GENERIC_JSONB_STATEMENT_TRIGGER = """
-CREATE TABLE generic_audit (
-    id bigserial PRIMARY KEY,
-    table_name text NOT NULL,
-    op text NOT NULL,
-    old_row jsonb,
-    new_row jsonb,
-    changed_at timestamptz NOT NULL DEFAULT now(),
-    db_user text NOT NULL DEFAULT current_user
-);
 CREATE FUNCTION generic_audit_statement() RETURNS trigger LANGUAGE plpgsql AS $fn$
 BEGIN
     IF TG_OP = 'INSERT' THEN
@@ -186,6 +181,7 @@ class Worker:
             elif variant in ("jsonb", "jsonb-stmt"):
                 peer = GENERIC_JSONB_TRIGGER if variant == "jsonb" else GENERIC_JSONB_STATEMENT_TRIGGER
                 with self.engine.begin() as conn:
+                    conn.exec_driver_sql(GENERIC_AUDIT_TABLE)
                     conn.exec_driver_sql(peer)
         self.maker = sessionmaker(self.engine, expire_on_commit=False)
         if variant == "orm":
