@@ -102,8 +102,9 @@ def publisher(capsession: CapturedSpans) -> Iterator[CapturedSpans]:
         CeleryInstrumentor().uninstrument()
 
 
-def run_task(worker: Worker, label: str) -> dict[str, Any]:
-    result = celery_app.observe.apply_async(args=[label], queue=worker.queue)
+def run_task(worker: Worker, label: str, task: Any = celery_app.observe) -> dict[str, Any]:
+    """Run ``task`` on the worker and return its result, failing with the worker's log if it dies."""
+    result = task.apply_async(args=[label], queue=worker.queue)
     deadline = time.monotonic() + 60
     while not result.ready():
         if worker.process.poll() is not None:

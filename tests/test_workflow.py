@@ -28,7 +28,7 @@ from sessiontrace.policy import InboundPolicy
 from sessiontrace.propagation import extract, inject, session_propagator
 from sessiontrace.testing import CapturedSpans
 from sessiontrace.workflow import Run, current_run, set_status, step, workflow
-from test_celery import Worker, publisher, stored_spans, worker  # noqa: F401  (fixtures: a Celery worker over Redis)
+from test_celery import Worker, publisher, run_task, stored_spans, worker  # noqa: F401  (fixtures: a Celery worker over Redis)
 
 CHANGE = semconv.STATUS_CHANGE_EVENT
 STARTED = ("pending", "running", None)
@@ -810,20 +810,6 @@ class TestRunAcrossHttp:
         assert called.parent.is_remote
 
 
-def run_workflow_task(celery_worker: Worker, label: str) -> dict[str, Any]:
-    result = celery_app.continue_run.apply_async(args=[label], queue=celery_worker.queue)
-    deadline = time.monotonic() + 60
-    while not result.ready():
-        if celery_worker.process.poll() is not None:
-            pytest.fail(f"the Celery worker died (exit {celery_worker.process.returncode}):\n{celery_worker.log()}")
-        if time.monotonic() > deadline:
-            pytest.fail(f"the task did not finish within 60s; worker log:\n{celery_worker.log()}")
-        time.sleep(0.05)
-    value = result.get(timeout=5)
-    assert isinstance(value, dict), value
-    return value
-
-
 class TestRunAcrossCelery:
     """A step that enqueues a Celery task continues its run in the worker (a real ``celery worker``
     subprocess over Redis on loopback): the task's step carries the same run id and session."""
@@ -834,7 +820,7 @@ class TestRunAcrossCelery:
             workflow("reconcile") as run,
             step("enqueue"),
         ):
-            seen = run_workflow_task(worker, "a")
+            seen = run_task(worker, "a", celery_app.continue_run)
 
         assert seen["run"] == ["reconcile", run.id]
         assert seen["session_id"] == current.id

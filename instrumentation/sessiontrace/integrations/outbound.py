@@ -51,7 +51,9 @@ def _entry_key(entry: str) -> str:
     return unquote(entry.split("=", 1)[0].strip())
 
 
-def _httpx_send(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+def _send(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    """The sync transports of httpx and httpx2 and requests' adapter: each request has ``url`` and
+    ``headers``."""
     request = args[0] if args else kwargs["request"]
     url = str(request.url)
     with outbound_to(url):
@@ -67,14 +69,6 @@ async def _httpx_send_async(wrapped: Any, instance: Any, args: Any, kwargs: Any)
         return await wrapped(*args, **kwargs)
 
 
-def _requests_send(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-    request = args[0] if args else kwargs["request"]
-    url = str(request.url)
-    with outbound_to(url):
-        apply_policy(request.headers, url)
-        return wrapped(*args, **kwargs)
-
-
 class OutboundPolicyInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     """Applies the outbound host policy to httpx and requests, whichever are installed."""
 
@@ -84,10 +78,10 @@ class OutboundPolicyInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     def _instrument(self, **kwargs: Any) -> None:
         for module in _HTTPX_FAMILY:
             if _importable(module):
-                wrap_function_wrapper(module, "HTTPTransport.handle_request", _httpx_send)
+                wrap_function_wrapper(module, "HTTPTransport.handle_request", _send)
                 wrap_function_wrapper(module, "AsyncHTTPTransport.handle_async_request", _httpx_send_async)
         if _importable("requests"):
-            wrap_function_wrapper("requests.adapters", "HTTPAdapter.send", _requests_send)
+            wrap_function_wrapper("requests.adapters", "HTTPAdapter.send", _send)
 
     def _uninstrument(self, **kwargs: Any) -> None:
         for module in _HTTPX_FAMILY:
