@@ -531,6 +531,30 @@ class TestTriggerMode:
             conn.execute(text("INSERT INTO s_trig.lines VALUES ('C2', 1, 1)"))
         assert len(audit_rows(engine, "s_trig.lines")) == 1
 
+    def test_columns_added_or_dropped_after_setup_are_still_recorded(self, engine: Engine, claims: str) -> None:
+        # audit_tables() hands the trigger the table's columns; a schema change it has not seen
+        # must still give exact changed_fields (the trigger falls back to reading the row).
+        with engine.begin() as conn:
+            conn.execute(text("CREATE TABLE s_trig.reshaped (id int PRIMARY KEY, amount int, note text)"))
+        audit_tables(engine, ["s_trig.reshaped"], schema="s_trig")
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO s_trig.reshaped VALUES (1, 1, 'a')"))
+            conn.execute(text("ALTER TABLE s_trig.reshaped ADD COLUMN priority int"))
+            conn.execute(text("UPDATE s_trig.reshaped SET priority = 2 WHERE id = 1"))
+            conn.execute(text("UPDATE s_trig.reshaped SET priority = 2 WHERE id = 1"))  # no change: no row
+            conn.execute(text("ALTER TABLE s_trig.reshaped DROP COLUMN note"))
+            conn.execute(text("INSERT INTO s_trig.reshaped VALUES (2, 1, 1)"))
+            conn.execute(text("UPDATE s_trig.reshaped SET amount = 3 WHERE id = 2"))
+        rows = audit_rows(engine, "s_trig.reshaped")
+        assert [(r["change_type"], r["changed_fields"]) for r in rows] == [
+            ("insert", ["amount", "id", "note"]),
+            ("update", ["priority"]),
+            ("insert", ["amount", "id", "priority"]),
+            ("update", ["amount"]),
+        ]
+        assert rows[1]["previous_values"]["priority"] is None
+        assert rows[1]["new_values"]["priority"] == 2
+
     def test_a_table_without_a_primary_key_is_refused(self, engine: Engine, claims: str) -> None:
         with engine.begin() as conn:
             conn.execute(text("CREATE TABLE s_trig.events (at timestamptz, what text)"))

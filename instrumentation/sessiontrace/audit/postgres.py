@@ -159,7 +159,8 @@ def _literal(value: str) -> str:
 
 
 def _array_literal(values: Collection[str]) -> str:
-    """A ``text[]`` literal, as an SQL string (trigger arguments are strings)."""
+    """A ``text[]`` literal of ``values`` in code point order, as an SQL string (trigger arguments
+    are strings)."""
     items = ",".join('"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"' for v in sorted(values))
     return _literal("{" + items + "}")
 
@@ -529,6 +530,9 @@ def _audit_table(conn: Connection, names: _Names, table: str, excluded: set[str]
             _array_literal(masked),
             _literal(table),
             _array_literal(stamps),
+            # the recorded columns, sorted as the capture function's "C" collation sorts (code
+            # points, whose order UTF-8 keeps)
+            _array_literal(columns - excluded - set(stamps)),
         )
     )
     conn.execute(

@@ -15,7 +15,7 @@ BEGIN
         session_id := raw::uuid;
     ELSIF raw IS NOT NULL AND coalesce(current_setting('sessiontrace.warned_session', true), '') <> raw THEN
         RAISE WARNING 'sessiontrace: % is not a UUID: audited without a session id', '__SESSION_SETTING__';
-        PERFORM set_config('sessiontrace.warned_session', raw, true);
+        raw := set_config('sessiontrace.warned_session', raw, true);
     END IF;
     user_id := left(nullif(current_setting('__USER_SETTING__', true), ''), 256);
     trace_id := substring(lower(current_setting('__TRACE_SETTING__', true)) FROM '^[0-9a-f]{32}$');
