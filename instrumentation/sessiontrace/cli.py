@@ -7,6 +7,7 @@ the SDK and rich are imported inside the commands that need them.
 from __future__ import annotations
 
 import sys
+from datetime import date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
@@ -377,6 +378,100 @@ def audit_checkpoint(
     finally:
         engine.dispose()
     click.echo(f"checkpoint of {checkpoint.table} at seq {checkpoint.seq}: {path}")
+
+
+def _month(ctx: click.Context, param: click.Parameter, value: str) -> date:
+    try:
+        return datetime.strptime(value, "%Y-%m").date()
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a month (YYYY-MM)") from None
+
+
+@audit.command(name="retire")
+@_DB_OPTION
+@click.option(
+    "--before",
+    required=True,
+    metavar="YYYY-MM",
+    callback=_month,
+    help="Retire the months before this one (UTC); the current month always stays.",
+)
+@click.option(
+    "--checkpoints",
+    "checkpoints_dir",
+    required=True,
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Directory of signed checkpoints: the retirement is recorded there before anything is dropped.",
+)
+@click.option("--checkpoint-key-env", metavar="VAR", required=True, help="Environment variable holding their key.")
+@click.option(
+    "--chain-key-env", metavar="VAR", help="Environment variable holding the chain's key. [default: as verify]"
+)
+@click.option("--dry-run", is_flag=True, help="Only print the partitions that would be dropped.")
+@_TABLE_OPTION
+@_SCHEMA_OPTION
+def audit_retire(
+    url: str,
+    before: date,
+    checkpoints_dir: Path,
+    checkpoint_key_env: str,
+    chain_key_env: str | None,
+    dry_run: bool,
+    audit_table: str,
+    schema: str | None,
+) -> None:
+    """Drop a partitioned audit log's monthly partitions before --before, so that `audit verify
+    --checkpoints` still holds: the chain is verified and the retirement signed first.
+
+    \b
+    Exit codes:
+      0  retired (or, with --dry-run, listed)
+      1  refused: the chain or the checkpoints do not hold, or months interleave in the chain
+      2  usage error (options, URL, key variables; the log is not partitioned)
+      3  not chained: no audit log table
+      4  the database could not be reached, read or changed (dropping needs the log's owner)
+    """
+    signing_key = _env_key("--checkpoint-key-env", checkpoint_key_env)
+    chain_key = _env_key("--chain-key-env", chain_key_env) if chain_key_env else None
+    engine, shown = _audit_engine(url)
+
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from sessiontrace.audit.checkpoint import CheckpointError
+    from sessiontrace.audit.errors import AuditSetupError
+    from sessiontrace.audit.retention import RetentionError, retire_partitions
+    from sessiontrace.audit.verify import KeyUnavailableError, NotChainedError
+
+    try:
+        retirement = retire_partitions(
+            engine,
+            before,
+            checkpoints_dir,
+            signing_key=signing_key,
+            chain_key=chain_key,
+            audit_table=audit_table,
+            schema=schema,
+            dry_run=dry_run,
+        )
+    except NotChainedError as exc:
+        _fail(f"{shown}: {exc}", EXIT_NOT_CHAINED)
+    except (KeyUnavailableError, AuditSetupError) as exc:
+        _fail(str(exc), EXIT_USAGE)
+    except (CheckpointError, RetentionError) as exc:
+        _fail(str(exc), EXIT_BROKEN)
+    except OSError as exc:
+        _fail(f"--checkpoints {checkpoints_dir}: {exc}", EXIT_USAGE)
+    except SQLAlchemyError as exc:
+        _fail(f"{shown}: {_db_reason(exc)}", EXIT_DATABASE)
+    finally:
+        engine.dispose()
+    if not retirement.partitions:
+        click.echo(f"no partition before {before:%Y-%m}: nothing to retire")
+        return
+    verb = "would drop" if dry_run else "dropped"
+    through = f"; rows up to seq {retirement.retired_through}" if retirement.retired_through else "; no rows"
+    recorded = f"; retirement signed in {retirement.checkpoint}" if retirement.checkpoint else ""
+    click.echo(f"{verb} {', '.join(retirement.partitions)}{through}{recorded}")
 
 
 @audit.command(name="revert")

@@ -38,7 +38,7 @@ from sessiontrace.audit.encoding import canonical_json
 from sessiontrace.audit.errors import AuditError
 from sessiontrace.audit.schema import AUDIT_TABLE
 
-__all__ = ["Checkpoint", "CheckpointError", "load_checkpoints", "write_checkpoint"]
+__all__ = ["Checkpoint", "CheckpointError", "load_checkpoints", "retired_through", "write_checkpoint"]
 
 VERSION = 1
 _FIELDS = ("previous", "row_hash", "seq", "table", "timestamp", "version")
@@ -66,10 +66,14 @@ class Checkpoint:
     signature: str
     name: str
     """The file's name (what reports refer to)."""
+    retired: tuple[int, str] | None = None
+    """``(seq, row_hash)`` when this checkpoint records a retirement: the rows through ``seq`` were
+    removed on purpose (``retention.retire_partitions``) and row ``seq`` had ``row_hash``, which the
+    first remaining row links to."""
 
     def body(self) -> dict[str, Any]:
         """Every signed field."""
-        return {
+        body: dict[str, Any] = {
             "previous": self.previous,
             "row_hash": self.row_hash,
             "seq": self.seq,
@@ -77,6 +81,9 @@ class Checkpoint:
             "timestamp": self.timestamp,
             "version": VERSION,
         }
+        if self.retired is not None:
+            body["retired"] = {"seq": self.retired[0], "row_hash": self.retired[1]}
+        return body
 
     def document(self) -> dict[str, Any]:
         return {**self.body(), "signature": self.signature}
@@ -146,6 +153,18 @@ def _parse(document: dict[str, Any], name: str) -> Checkpoint:
     ):
         detail = f"missing {', '.join(missing)}" if missing else "a field has the wrong type or version"
         raise CheckpointError(f"{name} is not a valid checkpoint ({detail})", name=name)
+    retired = document.get("retired")
+    if retired is not None:
+        retired_seq = retired.get("seq") if isinstance(retired, dict) else None
+        retired_hash = retired.get("row_hash") if isinstance(retired, dict) else None
+        if (
+            not isinstance(retired_seq, int)
+            or isinstance(retired_seq, bool)
+            or not 0 < retired_seq <= seq
+            or not isinstance(retired_hash, str)
+        ):
+            raise CheckpointError(f"{name} is not a valid checkpoint (retired is malformed)", name=name)
+        retired = (retired_seq, retired_hash)
     return Checkpoint(
         table=document["table"],
         seq=seq,
@@ -154,7 +173,15 @@ def _parse(document: dict[str, Any], name: str) -> Checkpoint:
         previous=previous,
         signature=document["signature"],
         name=name,
+        retired=retired,
     )
+
+
+def retired_through(checkpoints: list[Checkpoint]) -> tuple[int, str] | None:
+    """``(seq, row_hash)`` of the latest retirement among ``checkpoints``: rows up to ``seq`` are gone
+    on purpose and the chain resumes after it."""
+    retirements = [c.retired for c in checkpoints if c.retired is not None]
+    return max(retirements) if retirements else None
 
 
 def write_checkpoint(
@@ -167,20 +194,26 @@ def write_checkpoint(
     schema: str | None = None,
     verify_chain: bool = True,
     now: datetime | None = None,
+    retire_through: int | None = None,
 ) -> tuple[Checkpoint, Path]:
     """Write a checkpoint of the log's current head into ``directory``, signed with
     ``signing_key`` and linked to the newest checkpoint already there.
 
     With ``verify_chain`` (the default) the rows since the previous checkpoint are verified first
     (``chain_key``, or the installed key as in ``verify``), and ``CheckpointError`` refuses to pin
-    a chain that does not hold. Returns the checkpoint and the file written.
+    a chain that does not hold. ``retire_through`` also records that the rows up to that seq are
+    about to be removed on purpose (see ``retention``); it needs ``verify_chain``. Returns the
+    checkpoint and the file written.
     """
     from sessiontrace.audit.verify import _Anchor, _connection, _installed_key, _label, _verify, qualified
 
     if not signing_key:
         raise ValueError("a checkpoint needs a non-empty signing key")
+    if retire_through is not None and not verify_chain:
+        raise ValueError("retiring rows needs verify_chain: only verified rows may be retired")
     folder = Path(directory)
     folder.mkdir(parents=True, exist_ok=True)
+    retiring: tuple[int, str] | None = None
     with _connection(bind) as conn:
         label = _label(conn, audit_table, schema)
         try:
@@ -190,9 +223,17 @@ def write_checkpoint(
                 f"the existing checkpoints do not hold, not adding one: {exc}", name=exc.name, seq=exc.seq
             ) from None
         last = existing[-1] if existing else None
-        anchor = _Anchor(last.seq, last.row_hash) if last is not None else _Anchor(0, chain.GENESIS)
+        retired = retired_through(existing)
+        resume = _Anchor(*retired) if retired is not None else _Anchor(0, chain.GENESIS)
+        # Verification resumes after the newest pin: the last checkpoint, or a later retirement
+        # (whose rows, and maybe the last checkpoint's row, are gone). Rows about to be retired are
+        # all verified, from the previous retirement on, against every checkpoint since.
+        anchor = _Anchor(last.seq, last.row_hash) if last is not None else resume
+        if retire_through is not None or resume.seq >= anchor.seq:
+            anchor = resume
+        pinned = {c.seq: (c.row_hash, c.name) for c in existing if c.seq > anchor.seq}
         target = qualified(conn, audit_table, schema)
-        if last is not None and last.seq > 0:
+        if last is not None and last.seq > 0 and (retired is None or last.seq > retired[0]):
             stored = conn.execute(text(f"SELECT row_hash FROM {target} WHERE seq = :s"), {"s": last.seq}).scalar()
             if stored != last.row_hash:
                 raise CheckpointError(
@@ -204,11 +245,13 @@ def write_checkpoint(
         if verify_chain:
             key = chain_key if chain_key is not None else _installed_key(conn, audit_table, schema)
             report = _verify(
-                conn, key=key, audit_table=audit_table, schema=schema, expected={}, checkpoints=0, anchor=anchor
+                conn, key=key, audit_table=audit_table, schema=schema, expected=pinned, checkpoints=0, anchor=anchor
             )
             if not report.ok:
                 raise CheckpointError(f"not adding a checkpoint: {report.summary()}")
             head = (report.last_seq, report.head_hash) if report.last_seq is not None else (anchor.seq, anchor.row_hash)
+            if retire_through is not None:
+                retiring = _retiring(conn, target, retire_through, anchor.seq, int(head[0] or 0))
         else:
             row = conn.execute(
                 text(f"SELECT seq, row_hash FROM {target} WHERE seq IS NOT NULL ORDER BY seq DESC LIMIT 1")
@@ -226,6 +269,7 @@ def write_checkpoint(
         previous=last.digest if last is not None else None,
         signature="",
         name=name,
+        retired=retiring,
     )
     checkpoint = replace(unsigned, signature=_sign(unsigned.body(), signing_key))
     path = folder / name
@@ -238,3 +282,14 @@ def write_checkpoint(
         Path(temporary).unlink(missing_ok=True)
         raise
     return checkpoint, path
+
+
+def _retiring(conn: Connection, target: str, seq: int, anchor: int, head: int) -> tuple[int, str]:
+    """``(seq, row_hash)`` of the last row to retire, which must lie between the current anchor
+    (exclusive) and the verified head."""
+    if not anchor < seq <= head:
+        raise CheckpointError(
+            f"cannot retire through seq {seq}: the rows after seq {anchor} (up to the head, {head}) can be retired"
+        )
+    row_hash = conn.execute(text(f"SELECT row_hash FROM {target} WHERE seq = :s"), {"s": seq}).scalar()
+    return seq, str(row_hash)

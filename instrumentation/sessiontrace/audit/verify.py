@@ -28,7 +28,7 @@ import hmac
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -125,6 +125,8 @@ class VerifyReport:
     first_unchained_id: int | None
     checkpoints_checked: int
     elapsed: float
+    retired_through: int | None = None
+    """The rows up to this seq were retired (a signed checkpoint says so) and were not checked."""
 
     @property
     def ok(self) -> bool:
@@ -145,6 +147,8 @@ class VerifyReport:
                 "`sessiontrace audit setup`; elsewhere write through the ORM auditing)"
             )
         checkpoints = f", {self.checkpoints_checked} checkpoint(s) hold" if self.checkpoints_checked else ""
+        if self.retired_through:
+            checkpoints += f", rows up to seq {self.retired_through} retired"
         if not self.rows_checked:
             return f"{self.table}: empty, nothing to verify{checkpoints}"
         return (
@@ -182,8 +186,9 @@ def verify(
     expected: dict[int, tuple[str, str]] = {}
     checkpoint_break: Break | None = None
     checked = 0
+    anchor = GENESIS_ANCHOR
     if checkpoints is not None:
-        from sessiontrace.audit.checkpoint import CheckpointError, load_checkpoints
+        from sessiontrace.audit.checkpoint import CheckpointError, load_checkpoints, retired_through
 
         if checkpoint_key is None:
             raise ValueError("checkpoints need the checkpoint_key they were signed with")
@@ -197,25 +202,17 @@ def verify(
         for found in loaded:
             expected[found.seq] = (found.row_hash, found.name)
         checked = len(loaded)
-    report = _verify(bind, key=key, audit_table=audit_table, schema=schema, expected=expected, checkpoints=checked)
-    if checkpoint_break is not None and (report.broken is None or report.broken.seq > checkpoint_break.seq):
-        report = _replace_break(report, checkpoint_break)
-    return report
-
-
-def _replace_break(report: VerifyReport, broken: Break) -> VerifyReport:
-    return VerifyReport(
-        table=report.table,
-        rows_checked=report.rows_checked,
-        first_seq=report.first_seq,
-        last_seq=report.last_seq,
-        head_hash=report.head_hash,
-        broken=broken,
-        unchained_rows=report.unchained_rows,
-        first_unchained_id=report.first_unchained_id,
-        checkpoints_checked=report.checkpoints_checked,
-        elapsed=report.elapsed,
+        retired = retired_through(loaded)
+        if retired is not None:  # rows up to there were removed on purpose: the chain resumes after
+            anchor = _Anchor(*retired)
+    report = _verify(
+        bind, key=key, audit_table=audit_table, schema=schema, expected=expected, checkpoints=checked, anchor=anchor
     )
+    if anchor.seq:
+        report = replace(report, retired_through=anchor.seq)
+    if checkpoint_break is not None and (report.broken is None or report.broken.seq > checkpoint_break.seq):
+        report = replace(report, broken=checkpoint_break)
+    return report
 
 
 def _verify(
@@ -324,7 +321,10 @@ def _stream(conn: Connection, target: str, after: int) -> Iterator[Sequence[Any]
         f"SELECT {', '.join(columns)}, prev_hash, row_hash FROM {target}"
         f" WHERE seq IS NOT NULL AND seq > :after ORDER BY seq"
     )
-    result = conn.execution_options(stream_results=True, yield_per=_BATCH).execute(text(sql), {"after": after})
+    # Per statement: Connection.execution_options() would change the caller's connection for good.
+    result = conn.execute(
+        text(sql), {"after": after}, execution_options={"stream_results": True, "yield_per": _BATCH}
+    )
     if postgres:
         for partition in result.partitions():
             yield from partition
