@@ -13,12 +13,11 @@ from typing import Any
 
 from opentelemetry import baggage
 from opentelemetry import context as otel_context
-from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.util.types import AttributeValue
 
-from sessiontrace import _values, semconv
+from sessiontrace import _attributes, _values, semconv
 from sessiontrace.context import _SESSION_KEY, Session
 
 # Our values are at most this long (user id, trigger type); below it a span limit could truncate.
@@ -44,25 +43,9 @@ def session_attributes(context: Context | None = None) -> Mapping[str, Attribute
 
 
 def stamp(span: Any, attributes: Mapping[str, AttributeValue]) -> None:
-    """Add ``attributes`` the span does not have yet.
-
-    ``BoundedAttributes`` re-validates every value it is given (about a microsecond each). Ours
-    were validated once per session, so when the span's attributes are the SDK's container with
-    room to spare and no length limit that could bite, we insert under its lock directly; any
-    other case goes through the public API.
-    """
-    attrs = getattr(span, "_attributes", None)
-    if (
-        type(attrs) is BoundedAttributes
-        and not attrs._immutable
-        and (attrs.maxlen is None or len(attrs._dict) + len(attributes) <= attrs.maxlen)
-        and (attrs.max_value_len is None or attrs.max_value_len >= _LONGEST_VALUE)
-    ):
-        store = attrs._dict
-        with attrs._lock:
-            for key, value in attributes.items():
-                if key not in store:
-                    store[key] = value
+    """Add ``attributes`` the span does not have yet: directly into the SDK's container (ours were
+    validated once per session), else through the public API."""
+    if _attributes.add(getattr(span, "_attributes", None), attributes, longest=_LONGEST_VALUE, replace=False):
         return
     if not span.is_recording():
         return

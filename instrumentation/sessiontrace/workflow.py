@@ -49,7 +49,7 @@ from opentelemetry.sdk.util import BoundedList
 from opentelemetry.trace import INVALID_SPAN, Span, SpanKind, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
-from sessiontrace import _values, semconv
+from sessiontrace import _attributes, _values, semconv
 from sessiontrace._log import warn_once
 from sessiontrace._version import __version__
 from sessiontrace.context import current_session, new_session_id
@@ -191,11 +191,7 @@ def _direct(span: Span) -> BoundedAttributes | None:
         ):
             return None
         _ROOMY_LIMITS.add(limits)
-    if type(attrs) is not BoundedAttributes or attrs._immutable:
-        return None
-    if attrs.maxlen is not None and len(attrs._dict) + _OWN_ATTRIBUTES > attrs.maxlen:
-        return None
-    return attrs
+    return attrs if _attributes.has_room(attrs, _OWN_ATTRIBUTES) else None
 
 
 _resolved_tracer: trace.Tracer | None = None
@@ -234,15 +230,8 @@ class _Activity:
 
     def put(self, attributes: Mapping[str, AttributeValue]) -> None:
         """Set attributes we validated ourselves (names of at most ``MAX_NAME`` characters, ints)."""
-        attrs = self.attrs
-        if attrs is not None:
-            with attrs._lock:
-                if not attrs._immutable and (
-                    attrs.maxlen is None or len(attrs._dict) + len(attributes) <= attrs.maxlen
-                ):
-                    attrs._dict.update(attributes)
-                    return
-        self.span.set_attributes(attributes)
+        if not _attributes.add(self.attrs, attributes, longest=MAX_NAME, replace=True):
+            self.span.set_attributes(attributes)
 
     def record(self, before: str, after: str, reason: str | None) -> None:
         """Record the change ``before`` → ``after``, preceded by the (deferred) start event."""

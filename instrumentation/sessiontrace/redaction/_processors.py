@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import (
     Event,
@@ -29,6 +28,7 @@ from opentelemetry.sdk.trace import (
 from opentelemetry.sdk.util import BoundedList
 from opentelemetry.trace import Link, Status
 
+from sessiontrace._attributes import frozen_like
 from sessiontrace._log import warn_once
 from sessiontrace.redaction._redactor import BODY_KEY, FAILED, NAME_KEY, STATUS_KEY, Redactor
 
@@ -91,7 +91,7 @@ def redact_span(span: ReadableSpan, redactor: Redactor) -> None:
         span._name = name
     attributes = redactor.redact_attributes(span._attributes)
     if attributes is not None:
-        span._attributes = _like(span._attributes, attributes)
+        span._attributes = frozen_like(span._attributes, attributes)
     if span._events:
         events = [_event(event, redactor) for event in span._events]
         if any(new is not old for new, old in zip(events, span._events, strict=True)):
@@ -111,26 +111,12 @@ def _event(event: Event, redactor: Redactor) -> Event:
     attributes = redactor.redact_attributes(event.attributes)
     if attributes is None:
         return event
-    return Event(event.name, _like(event.attributes, attributes), event.timestamp)
+    return Event(event.name, frozen_like(event.attributes, attributes), event.timestamp)
 
 
 def _link(link: Link, redactor: Redactor) -> Link:
     attributes = redactor.redact_attributes(link.attributes)
-    return link if attributes is None else Link(link.context, _like(link.attributes, attributes))
-
-
-def _like(original: Any, values: dict[str, Any]) -> Any:
-    """``values`` in the container type of ``original``, keeping its limits and dropped count."""
-    if isinstance(original, BoundedAttributes):
-        copy = BoundedAttributes(
-            maxlen=original.maxlen,
-            attributes=values,
-            max_value_len=original.max_value_len,
-            extended_attributes=getattr(original, "_extended_attributes", False),  # log records: nested maps
-        )
-        copy.dropped += original.dropped
-        return copy
-    return values
+    return link if attributes is None else Link(link.context, frozen_like(link.attributes, attributes))
 
 
 def _sequence_like(original: Any, items: list[Any]) -> Any:
@@ -182,7 +168,7 @@ class RedactingLogRecordProcessor:
                     record.body = redacted
             attributes = redactor.redact_attributes(record.attributes)
             if attributes is not None:
-                record.attributes = _like(record.attributes, attributes)
+                record.attributes = frozen_like(record.attributes, attributes)
         except Exception as error:
             warn_once(
                 "redaction:log",

@@ -13,9 +13,8 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final
 
-from opentelemetry.attributes import BoundedAttributes
-
 from sessiontrace import semconv
+from sessiontrace._attributes import frozen
 from sessiontrace._log import warn_once
 from sessiontrace.redaction._detectors import DETECTORS, MARKER_FORMAT, SHORTEST, Scanner
 
@@ -164,11 +163,7 @@ class Redactor:
             return None
         # An ended span's (or an event's, a link's) attributes cannot change any more: read the
         # dict inside, not through the Mapping ABC (an ItemsView, a locked __getitem__ per key).
-        items = (
-            attributes._dict.items()
-            if type(attributes) is BoundedAttributes and attributes._immutable
-            else attributes.items()
-        )
+        items = (frozen(attributes) or attributes).items()
         changed: dict[str, Any] | None = None
         decisions = self._decisions
         text = self._text

@@ -13,12 +13,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind, StatusCode
 
 from sessiontrace import semconv
+from sessiontrace._attributes import frozen
 
 _ERROR = StatusCode.ERROR
 # Enum .value is a slow descriptor on the hot path; these are the OTLP numbers.
@@ -80,9 +80,8 @@ def _as_dict(attributes: Mapping[str, Any] | None) -> Mapping[str, Any]:
     """The attributes as a dict for the JSON encoder. An ended span's (or an event's) attributes
     can no longer change: their dict is read as it is, not copied through the Mapping ABC (a
     locked ``__getitem__`` per key)."""
-    if type(attributes) is BoundedAttributes and attributes._immutable:
-        return attributes._dict
-    return dict(attributes or {})
+    found = frozen(attributes)
+    return found if found is not None else dict(attributes or {})
 
 
 @dataclass(slots=True)

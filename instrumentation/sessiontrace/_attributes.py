@@ -1,0 +1,77 @@
+"""The SDK's attribute container, used directly where the values are already valid.
+
+``BoundedAttributes`` validates every value it is given and serves every read through the Mapping
+ABC under a lock: about a microsecond per attribute, on the hottest paths of this library (every
+span's stamping, redaction and export, every workflow step). These helpers use the dict inside it
+when that is safe: the container is the SDK's own type, no limit can bite, and the values are ones
+we validated ourselves or read from an ended span, whose attributes can no longer change. Anything
+else takes the public API. This module is the one place that knows the container's private fields.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, TypeGuard
+
+from opentelemetry.attributes import BoundedAttributes
+
+
+def frozen(attributes: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+    """The dict inside an ended span's (or an event's, a link's) attributes, to read without a
+    copy or a lock; None when they are not a frozen ``BoundedAttributes``."""
+    if type(attributes) is BoundedAttributes and attributes._immutable:
+        return attributes._dict
+    return None
+
+
+def has_room(attributes: object, count: int) -> TypeGuard[BoundedAttributes]:
+    """Whether a live span's ``attributes`` are the SDK's container with room for ``count`` more."""
+    return (
+        type(attributes) is BoundedAttributes
+        and not attributes._immutable
+        and (attributes.maxlen is None or len(attributes._dict) + count <= attributes.maxlen)
+    )
+
+
+def add(attributes: object, values: Mapping[str, Any], *, longest: int, replace: bool) -> bool:
+    """Put ``values`` (valid attribute values, none longer than ``longest`` characters) into a live
+    span's ``attributes`` under its lock, overwriting existing keys only if ``replace``. False,
+    having changed nothing, when that is not safe: not the SDK's container, already frozen, no room
+    for all of them, or a value length limit below ``longest``."""
+    if type(attributes) is not BoundedAttributes or attributes._immutable:
+        return False
+    if attributes.max_value_len is not None and attributes.max_value_len < longest:
+        return False
+    with attributes._lock:
+        store = attributes._dict
+        if attributes.maxlen is not None and len(store) + len(values) > attributes.maxlen:
+            return False
+        if replace:
+            store.update(values)
+        else:
+            for key, value in values.items():
+                if key not in store:
+                    store[key] = value
+    return True
+
+
+def frozen_like(original: Any, values: dict[str, Any]) -> Any:
+    """``values`` in a frozen container like ``original`` (its limits and dropped count kept), or
+    ``values`` itself when ``original`` is a plain mapping. ``values`` are ``original``'s own with
+    some strings replaced (redacted), so they are validated again only where a value length limit
+    could cut a replacement."""
+    if not isinstance(original, BoundedAttributes):
+        return values
+    extended = getattr(original, "_extended_attributes", False)  # log records: nested maps
+    if type(original) is BoundedAttributes and original.max_value_len is None:
+        copy = BoundedAttributes(maxlen=original.maxlen, immutable=True, extended_attributes=extended)
+        copy._dict.update(values)  # at most as many keys as the original had: within maxlen
+    else:
+        copy = BoundedAttributes(
+            maxlen=original.maxlen,
+            attributes=values,
+            max_value_len=original.max_value_len,
+            extended_attributes=extended,
+        )
+    copy.dropped += original.dropped
+    return copy
