@@ -322,9 +322,7 @@ def _stream(conn: Connection, target: str, after: int) -> Iterator[Sequence[Any]
         f" WHERE seq IS NOT NULL AND seq > :after ORDER BY seq"
     )
     # Per statement: Connection.execution_options() would change the caller's connection for good.
-    result = conn.execute(
-        text(sql), {"after": after}, execution_options={"stream_results": True, "yield_per": _BATCH}
-    )
+    result = conn.execute(text(sql), {"after": after}, execution_options={"stream_results": True, "yield_per": _BATCH})
     if postgres:
         for partition in result.partitions():
             yield from partition
