@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -259,6 +260,36 @@ class TestRevert:
         assert 3 not in state
         assert 2 in state
         assert verify(db.engine, key=KEY).ok
+
+    @pytest.mark.parametrize("db", ["postgres-orm", "postgres-trigger"], indirect=True)
+    def test_a_change_in_flight_is_waited_for_then_refused_as_a_conflict(self, db: Db) -> None:
+        # Another transaction holds a change to the record when the revert starts: the revert must
+        # not plan without it and then overwrite it once it commits.
+        seed(db)
+        with db.change(user_id="u-first") as first, db.maker.begin() as orm:
+            orm.get_one(RvClaim, 1).title = "first"
+        outcome: dict[str, Any] = {}
+
+        def revert() -> None:
+            try:
+                outcome["plan"] = revert_session(db.engine, first.id, key=KEY)
+            except RevertRefusedError as refused:
+                outcome["refused"] = refused
+
+        with db.change(user_id="u-second") as second:
+            other = db.maker()
+            other.get_one(RvClaim, 1).title = "second"
+            other.flush()  # the row is locked and changed, not yet committed
+            reverting = threading.Thread(target=revert)
+            reverting.start()
+            reverting.join(0.5)  # the revert is waiting for the row
+            other.commit()
+            other.close()
+        reverting.join(30)
+        assert "refused" in outcome, outcome
+        conflicts = outcome["refused"].plan.conflicts
+        assert [(c.field, c.later_session) for c in conflicts] == [("title", second.id)]
+        assert db.state()[1]["title"] == "second"
 
     def test_later_changes_to_other_fields_do_not_conflict(self, db: Db) -> None:
         seed(db)

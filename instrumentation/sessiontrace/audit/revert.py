@@ -207,6 +207,8 @@ def revert_session(
     catalog = _Catalog(tables)
     with _transaction(bind) as conn:
         steps = _steps(conn, audit, sid)
+        if not dry_run:
+            _lock(conn, steps, catalog)
         blockers = tuple(_blockers(steps))
         conflicts = tuple(_conflicts(conn, audit, sid, steps))
         plan = RevertPlan(
@@ -327,6 +329,23 @@ def _conflicts(conn: Connection, audit: Table, sid: str, steps: list[_Step]) -> 
                         yield Conflict(table_name, record_id, name, op.seq, later_seq, later_session)
 
 
+def _lock(conn: Connection, steps: list[_Step], catalog: _Catalog) -> None:
+    """On PostgreSQL, lock the rows the revert will touch before looking for conflicts: a change
+    committed between that look and the revert would otherwise be overwritten unseen. A change in
+    flight is waited for, then seen by the conflict check. (SQLite runs one writer at a time: a
+    write after a concurrent commit fails instead.)"""
+    if conn.dialect.name != "postgresql":
+        return
+    locked: set[tuple[str, str]] = set()
+    for step in steps:
+        op = step.operation
+        if (op.table, op.record_id) in locked:
+            continue
+        locked.add((op.table, op.record_id))
+        table = catalog.table(conn, op.table)
+        conn.execute(select(*table.primary_key.columns).where(_where(table, step)).with_for_update()).all()
+
+
 # --- applying ------------------------------------------------------------------------------------------
 
 
@@ -428,9 +447,7 @@ def _apply(
         triggered = catalog.triggered(conn, op.table)
         if triggered:
             flush()  # keep the log in the order the changes are made
-        where = and_(
-            *(_column(table, k) == _decode(_column(table, k), v, step.trigger) for k, v in step.record.items())
-        )
+        where = _where(table, step)
         masked = sorted(name for name, value in op.values.items() if value == MASKED)
         if masked:  # only when forced: blockers refuse otherwise
             skipped.append(f"{op}: {', '.join(masked)} recorded masked, not restored")
@@ -467,6 +484,11 @@ def _apply(
             pending.append(change)
     flush()
     return skipped
+
+
+def _where(table: Table, step: _Step) -> ColumnElement[bool]:
+    """The recorded primary key of ``step``'s record, as a condition on ``table``."""
+    return and_(*(_column(table, k) == _decode(_column(table, k), v, step.trigger) for k, v in step.record.items()))
 
 
 def _current(conn: Connection, table: Table, where: ColumnElement[bool], names: list[str]) -> dict[str, Any] | None:
