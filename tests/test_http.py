@@ -515,3 +515,27 @@ class TestOutboundAllowList:
         assert not baggage_keys(refused) & OUR_KEYS
         if outbound.otel_clients:  # OpenTelemetry's instrumentor propagates to every host
             assert baggage_keys(refused) == {"tenant"}
+
+
+class TestWsgiBodies:
+    """A body in which no application code runs is handed to the server as it is."""
+
+    def test_a_list_keeps_its_content_length_and_a_file_wrapper_still_serves(self, tmp_path: Any) -> None:
+        served = tmp_path / "claim.txt"
+        served.write_bytes(b"file body")
+
+        def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            if environ["PATH_INFO"] == "/file":
+                return environ["wsgi.file_wrapper"](served.open("rb"))  # type: ignore[no-any-return]
+            return [b"hello"]
+
+        running = start_wsgi(session_wsgi.SessionMiddleware(app))
+        try:
+            listed = httpx.get(f"http://127.0.0.1:{running.port}/list")
+            assert listed.text == "hello"
+            assert listed.headers.get("content-length") == "5"  # wsgiref sets it for a one-item list
+            assert semconv.SESSION_RESPONSE_HEADER in listed.headers
+            assert httpx.get(f"http://127.0.0.1:{running.port}/file").text == "file body"
+        finally:
+            running.stop()

@@ -51,7 +51,16 @@ class SessionMiddleware(InboundMiddleware[WSGIApp]):
         # Leave the scope now, while attach/detach still nest with the outer middleware's: a
         # scope held until close() would restore a stale context into the server's next request.
         inbound.__exit__(None, None, None)
+        if isinstance(body, (list, tuple)) or _is_file_wrapper(environ, body):
+            # Nothing of the application runs while the server sends these: returned as they are,
+            # they keep what servers look for (len() for Content-Length, the file for sendfile).
+            return body
         return _BodyInContext(body, context)
+
+
+def _is_file_wrapper(environ: dict[str, Any], body: object) -> bool:
+    wrapper = environ.get("wsgi.file_wrapper")
+    return isinstance(wrapper, type) and isinstance(body, wrapper)
 
 
 class _BodyInContext:
