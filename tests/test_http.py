@@ -527,7 +527,7 @@ class TestWsgiBodies:
         def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
             start_response("200 OK", [("Content-Type", "text/plain")])
             if environ["PATH_INFO"] == "/file":
-                return environ["wsgi.file_wrapper"](served.open("rb"))  # type: ignore[no-any-return]
+                return environ["wsgi.file_wrapper"](served.open("rb"))
             return [b"hello"]
 
         running = start_wsgi(session_wsgi.SessionMiddleware(app))
