@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
@@ -157,7 +158,9 @@ def configure(
     processor is added to it and its exporters are left alone; an exporter of ours is added
     only when ``exporter`` (or ``SESSIONTRACE_EXPORTER``) asks for one. Otherwise a provider is
     created with the ``OTEL_*`` resource and an exporter chosen by ``exporter``.
-    Calling ``configure()`` again updates the policies; processors are never added twice.
+    Calling ``configure()`` again updates the policies; processors are never added twice, so the
+    exporter of the first call stays (asking for another one logs a warning) and is the one the
+    returned ``Configuration`` reports.
 
     ``redaction``: a ``Redactor``, True (one built from the ``SESSIONTRACE_REDACT_*`` variables)
     or False; on by default. Its processor goes first in the provider's list, before any exporter.
@@ -183,6 +186,7 @@ def configure(
     stamp_logs = read.flag("SESSIONTRACE_STAMP_LOGS") if stamp_logs is None else stamp_logs
     threads = read.flag("SESSIONTRACE_INSTRUMENT_THREADS") if instrument_threads is None else instrument_threads
     explicit_exporter = exporter is not None or "SESSIONTRACE_EXPORTER" in env
+    explicit_request = explicit_exporter or store_path is not None or bool(env.get("SESSIONTRACE_STORE"))
     kind = exporter or read.choice("SESSIONTRACE_EXPORTER", ("auto", "otlp", "store", "none"))
     if kind == "auto":
         has_endpoint = env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
@@ -214,10 +218,28 @@ def configure(
         install_log_redaction(redactor)
         if not _has_processor(provider, SessionSpanProcessor):
             provider.add_span_processor(SessionSpanProcessor())
-        if (not reused or explicit_exporter) and kind != "none" and not _exports(provider):
-            provider.add_span_processor(_Exporting(_exporter(kind, path, protocol)))
-        if not _exports(provider):
-            kind = "none"  # a reused provider keeps only the application's exporters: report that
+        installed = _our_exporting(provider)
+        requested_path = path if kind == "store" else None
+        if installed is None and (not reused or explicit_exporter) and kind != "none":
+            installed = _Exporting(_exporter(kind, path, protocol), kind, requested_path)
+            provider.add_span_processor(installed)
+        elif (
+            installed is not None
+            and explicit_request
+            and (kind, requested_path) != (installed.kind, installed.store_path)
+        ):
+            warn_once(
+                "config:exporter-kept",
+                "sessiontrace: configure() asked for exporter %r%s, but the %r exporter of an earlier "
+                "configure() is kept (exporters are never added twice nor replaced)",
+                kind,
+                f" at {path}" if kind == "store" else "",
+                installed.kind,
+            )
+        # Report what exports: a reused provider keeps only the application's exporters, and an
+        # earlier configure() keeps its own.
+        exporting: ExporterKind = installed.kind if installed is not None else "none"
+        exporting_to = installed.store_path if installed is not None else None
         if not reused:
             trace.set_tracer_provider(provider)
 
@@ -228,13 +250,19 @@ def configure(
             _instrument_threads()
 
         _configured = Configuration(
-            provider, kind, path if kind == "store" else None, propagator, reused_provider=reused, redactor=redactor
+            provider, exporting, exporting_to, propagator, reused_provider=reused, redactor=redactor
         )
         return _configured
 
 
 class _Exporting(BatchSpanProcessor):
-    """Our exporting processor, marked so a second ``configure()`` does not add another."""
+    """Our exporting processor, marked so a second ``configure()`` does not add another, and
+    remembering what it exports to so that call can report it."""
+
+    def __init__(self, exporter: SpanExporter, kind: ExporterKind, store_path: Path | None) -> None:
+        super().__init__(exporter)
+        self.kind: ExporterKind = kind
+        self.store_path = store_path
 
 
 def _provider(given: TracerProvider | None, service_name: str | None) -> tuple[TracerProvider, bool]:
@@ -280,8 +308,8 @@ def _has_processor(provider: TracerProvider, kind: type) -> bool:
     return any(isinstance(processor, kind) for processor in _processors(provider))
 
 
-def _exports(provider: TracerProvider) -> bool:
-    return _has_processor(provider, _Exporting)
+def _our_exporting(provider: TracerProvider) -> _Exporting | None:
+    return next((p for p in _processors(provider) if isinstance(p, _Exporting)), None)
 
 
 def _stamp_otel_logs() -> None:
@@ -334,6 +362,46 @@ def _instrument_threads() -> None:
     instrumentor = ThreadingInstrumentor()
     if not instrumentor.is_instrumented_by_opentelemetry:
         instrumentor.instrument()
+    _carry_context_into_thread_subclasses()
+
+
+# The contrib instrumentor captures the context in ``Thread.start`` (inherited by subclasses) but
+# attaches it only in ``Thread.run`` / ``Timer.run``: a subclass overriding ``run()``, the usual
+# way to subclass, would run without the session. ``_bootstrap_inner`` (CPython's, since 3.0) is
+# what calls ``run()`` in the new thread, whatever class defines it.
+_CONTRIB_WRAPPED_RUN = (threading.Thread, threading.Timer)
+_CONTRIB_CONTEXT_ATTRIBUTE = "_otel_context"  # set by the contrib instrumentor's Thread.start wrapper
+_thread_subclasses_carried = False
+
+
+def _carry_context_into_thread_subclasses() -> None:
+    global _thread_subclasses_carried
+    if _thread_subclasses_carried or not hasattr(threading.Thread, "_bootstrap_inner"):
+        return
+    from wrapt import wrap_function_wrapper
+
+    wrap_function_wrapper(threading.Thread, "_bootstrap_inner", _run_subclass_in_started_context)
+    _thread_subclasses_carried = True
+
+
+def _run_subclass_in_started_context(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    """Attach the context captured at ``start()`` around a subclass's own ``run()``. Keyed on
+    the contrib instrumentor's capture, so after its ``uninstrument()`` nothing is attached here."""
+    context = getattr(instance, _CONTRIB_CONTEXT_ATTRIBUTE, None)
+    if context is None or _run_attaches_context(type(instance)):
+        return wrapped(*args, **kwargs)
+    token = otel_context.attach(context)
+    try:
+        return wrapped(*args, **kwargs)
+    finally:
+        otel_context.detach(token)
+
+
+def _run_attaches_context(thread_class: type) -> bool:
+    """Whether the ``run`` this class uses is one the contrib instrumentor wraps (attaching the
+    context itself: attaching it here too would be redundant)."""
+    owner = next((cls for cls in thread_class.__mro__ if "run" in vars(cls)), None)
+    return owner in _CONTRIB_WRAPPED_RUN
 
 
 def _store_path(env: Mapping[str, str]) -> Path:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar, cast
@@ -135,7 +135,7 @@ class SessionScope:
     when the ``session.start`` / ``session.end`` events are recorded.
     """
 
-    __slots__ = ("_kwargs", "_span", "_span_cm", "_token", "minted", "open_span", "session")
+    __slots__ = ("_kwargs", "_span", "_token", "minted", "open_span", "session")
 
     def __init__(self, session: Session, *, minted: bool, open_span: bool = True, **kwargs: Any) -> None:
         self.session = session
@@ -144,20 +144,12 @@ class SessionScope:
         self._kwargs = kwargs  # what ``session()`` was called with, to mint afresh per decorated call
         self._token: object | None = None
         self._span: Span | None = None
-        self._span_cm: Any = None
 
     # -- context manager ---------------------------------------------------------------------
     def __enter__(self) -> Session:
-        if self._token is not None:
+        if self._token is not None or self._span is not None:
             raise RuntimeError("a session() scope cannot be entered twice; call session() again")
-        self._token = otel_context.attach(context_with_session(self.session))
-        if self.open_span:
-            self._span_cm = _tracer.start_as_current_span(
-                semconv.SESSION_SPAN, kind=SpanKind.INTERNAL, record_exception=False, set_status_on_exception=False
-            )
-            self._span = self._span_cm.__enter__()
-            if self.minted:
-                self._span.add_event(semconv.SESSION_START_EVENT, dict(self.session.attributes))
+        self._token = otel_context.attach(self._open(otel_context.get_current()))
         return self.session
 
     def __exit__(
@@ -167,15 +159,9 @@ class SessionScope:
         tb: TracebackType | None,
     ) -> None:
         try:
-            if self._span is not None:
-                if exc is not None:
-                    self._span.record_exception(exc)
-                    self._span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
-                if self.minted:
-                    self._span.add_event(semconv.SESSION_END_EVENT, {semconv.SESSION_ID: self.session.id})
-                self._span_cm.__exit__(exc_type, exc, tb)
+            self._close(exc)
         finally:
-            token, self._token, self._span, self._span_cm = self._token, None, None, None
+            token, self._token = self._token, None
             otel_context.detach(cast(Any, token))
 
     async def __aenter__(self) -> Session:
@@ -189,25 +175,156 @@ class SessionScope:
     ) -> None:
         self.__exit__(exc_type, exc, tb)
 
+    def _open(self, parent: Context) -> Context:
+        """Start the ``session`` span (if any) under ``parent``; returns the context the activity
+        runs in. Not attached here: a generator attaches it only while its own body runs."""
+        context = context_with_session(self.session, parent)
+        if self.open_span:
+            span = _tracer.start_span(
+                semconv.SESSION_SPAN,
+                context,
+                SpanKind.INTERNAL,
+                record_exception=False,
+                set_status_on_exception=False,
+            )
+            self._span = span
+            if self.minted:
+                span.add_event(semconv.SESSION_START_EVENT, dict(self.session.attributes))
+            context = trace.set_span_in_context(span, context)
+        return context
+
+    def _close(self, exc: BaseException | None) -> None:
+        span, self._span = self._span, None
+        if span is None:
+            return
+        try:
+            if exc is not None:
+                span.record_exception(exc)
+                span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+            if self.minted:
+                span.add_event(semconv.SESSION_END_EVENT, {semconv.SESSION_ID: self.session.id})
+        finally:
+            span.end()
+
     # -- decorator ---------------------------------------------------------------------------
     def __call__(self, func: Callable[P, R]) -> Callable[P, R]:
         kwargs, open_span = self._kwargs, self.open_span
+
+        def fresh() -> SessionScope:
+            return session(open_span=open_span, **kwargs)
+
+        # Generators first: a generator function's call only creates the generator, so a scope
+        # around the call would close before the body runs.
+        if inspect.isasyncgenfunction(func):
+            return cast(Callable[P, R], _in_session_async_generator(fresh, cast(Callable[..., Any], func)))
+        if inspect.isgeneratorfunction(func):
+            return cast(Callable[P, R], _in_session_generator(fresh, cast(Callable[..., Any], func)))
         if inspect.iscoroutinefunction(func):
             async_func = cast(Callable[P, Awaitable[Any]], func)
 
             @functools.wraps(func)
             async def run_async(*args: P.args, **kw: P.kwargs) -> Any:
-                async with session(open_span=open_span, **kwargs):
+                async with fresh():
                     return await async_func(*args, **kw)
 
             return cast(Callable[P, R], run_async)
 
         @functools.wraps(func)
         def run(*args: P.args, **kw: P.kwargs) -> R:
-            with session(open_span=open_span, **kwargs):
+            with fresh():
                 return func(*args, **kw)
 
         return run
+
+
+def _in_session_generator(
+    fresh: Callable[[], SessionScope], func: Callable[..., Generator[Any, Any, Any]]
+) -> Callable[..., Generator[Any, Any, Any]]:
+    """Each generator is one session, from its first item to its end (exhaustion, error or
+    ``close()``). The session is current only while the generator's own body runs, so it never
+    leaks into the consumer between items."""
+
+    @functools.wraps(func)
+    def run(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
+        scope = fresh()
+        context = scope._open(otel_context.get_current())
+        generator = func(*args, **kwargs)
+        resume: Callable[[Any], Any] = generator.send
+        value: Any = None
+        while True:
+            token = otel_context.attach(context)
+            try:
+                item = resume(value)
+            except StopIteration as stop:
+                scope._close(None)
+                return stop.value
+            except BaseException as error:
+                scope._close(error)
+                raise
+            finally:
+                otel_context.detach(token)
+            try:
+                value = yield item
+                resume = generator.send
+            except GeneratorExit:  # the consumer stopped early: a normal end of the activity
+                token = otel_context.attach(context)
+                try:
+                    generator.close()
+                except BaseException as error:
+                    scope._close(error)
+                    raise
+                finally:
+                    otel_context.detach(token)
+                scope._close(None)
+                raise
+            except BaseException as error:  # thrown in by the consumer: hand it to the generator
+                resume, value = generator.throw, error
+
+    return run
+
+
+def _in_session_async_generator(
+    fresh: Callable[[], SessionScope], func: Callable[..., AsyncGenerator[Any, Any]]
+) -> Callable[..., AsyncGenerator[Any, Any]]:
+    """As ``_in_session_generator``, for async generators."""
+
+    @functools.wraps(func)
+    async def run(*args: Any, **kwargs: Any) -> AsyncGenerator[Any, Any]:
+        scope = fresh()
+        context = scope._open(otel_context.get_current())
+        generator = func(*args, **kwargs)
+        resume: Callable[[Any], Awaitable[Any]] = generator.asend
+        value: Any = None
+        while True:
+            token = otel_context.attach(context)
+            try:
+                item = await resume(value)
+            except StopAsyncIteration:
+                scope._close(None)
+                return
+            except BaseException as error:
+                scope._close(error)
+                raise
+            finally:
+                otel_context.detach(token)
+            try:
+                value = yield item
+                resume = generator.asend
+            except GeneratorExit:
+                token = otel_context.attach(context)
+                try:
+                    await generator.aclose()
+                except BaseException as error:
+                    scope._close(error)
+                    raise
+                finally:
+                    otel_context.detach(token)
+                scope._close(None)
+                raise
+            except BaseException as error:
+                resume, value = generator.athrow, error
+
+    return run
 
 
 def session(

@@ -22,9 +22,11 @@ _UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def request_trigger(method: str, path: str) -> str:
-    """``METHOD /path`` made safe for an attribute: no control characters, bounded length."""
-    text = _UNPRINTABLE.sub("?", f"{method} {path}")
-    return text[: _values.MAX_TRIGGER_TYPE] or "request"
+    """``METHOD /path`` made safe for an attribute: no control characters, bounded length, no
+    surrounding whitespace (baggage parsers strip it, so a signature over it would not verify)."""
+    # An app mounted under a prefix and requested at the prefix itself gets an empty PATH_INFO.
+    text = _UNPRINTABLE.sub("?", f"{method.strip()} {path.strip() or '/'}")
+    return text[: _values.MAX_TRIGGER_TYPE].strip() or "request"
 
 
 class InboundSession:

@@ -28,23 +28,75 @@ _JAEGER_BAGGAGE_PREFIX = "uberctx-"
 # baggage header (which we never write, but a jaeger-client in the same process may).
 _BAGGAGE_LISTS = ("baggage", "jaeger-baggage")
 _HTTPX_FAMILY = ("httpx", "httpx2")  # same transport API
+_MAX_BAGGAGE_LENGTH = 8192  # W3C Baggage: receivers may drop a longer header
 
 
-def apply_policy(headers: MutableMapping[str, str], url: str) -> None:
-    """Inject the session for an allowed ``url``; strip our entries for any other."""
+def apply_policy(headers: MutableMapping[str, Any], url: str) -> None:
+    """Inject the session for an allowed ``url``; strip our entries for any other. Header values
+    may be ``bytes`` (requests accepts them): they are read as latin-1, as on the wire."""
     if destination_allowed(url):
-        inject(headers, destination=url)
+        _inject_keeping_application_baggage(headers, url)
         return
     for name in list(headers.keys()):
         lowered = name.lower()
         if lowered in _BAGGAGE_LISTS:
-            kept = [entry.strip() for entry in headers[name].split(",") if _entry_key(entry) not in _OURS]
+            entries = _entries(headers[name])
+            if entries is None:
+                continue  # not text: nothing of ours can be in it
+            kept = [entry for entry in entries if _entry_key(entry) not in _OURS]
+            if len(kept) == len(entries):
+                continue  # nothing of ours: leave the application's value exactly as it was
             if kept:
                 headers[name] = ",".join(kept)
             else:
                 del headers[name]
         elif lowered.startswith(_JAEGER_BAGGAGE_PREFIX) and unquote(lowered[len(_JAEGER_BAGGAGE_PREFIX) :]) in _OURS:
             del headers[name]
+
+
+def _inject_keeping_application_baggage(headers: MutableMapping[str, Any], url: str) -> None:
+    """``inject`` writes ``baggage`` whole, which would drop the entries the application put in
+    its own header. Ours go first and win by key; when we send a session or run, the
+    application's entries under our keys go too, so a stale user id cannot ride with our id."""
+    injected: dict[str, str] = {}
+    inject(injected, destination=url)
+    for name, value in injected.items():
+        if name.lower() == "baggage":
+            value = _merged_baggage(value, _pop_baggage(headers))
+        headers[name] = value
+
+
+def _pop_baggage(headers: MutableMapping[str, Any]) -> list[str]:
+    """Remove the application's ``baggage`` header (any spelling) and return its entries."""
+    entries: list[str] = []
+    for name in list(headers.keys()):
+        if name.lower() == "baggage":
+            entries.extend(_entries(headers.pop(name)) or ())
+    return entries
+
+
+def _merged_baggage(ours: str, theirs: list[str]) -> str:
+    our_entries = _entries(ours) or []
+    our_keys = {_entry_key(entry) for entry in our_entries}
+    replaced = (our_keys | _OURS) if our_keys & _OURS else our_keys
+    merged = ",".join(our_entries)
+    for entry in theirs:
+        if _entry_key(entry) in replaced:
+            continue
+        # Receivers ignore a baggage header past the W3C limit entirely: theirs give way to ours.
+        if len(merged) + 1 + len(entry) > _MAX_BAGGAGE_LENGTH:
+            break
+        merged = f"{merged},{entry}" if merged else entry
+    return merged
+
+
+def _entries(value: object) -> list[str] | None:
+    """The non-empty, stripped entries of a comma-separated header value; None if not text."""
+    if isinstance(value, (bytes, bytearray)):
+        value = value.decode("latin-1")
+    if not isinstance(value, str):
+        return None
+    return [entry.strip() for entry in value.split(",") if entry.strip()]
 
 
 def _entry_key(entry: str) -> str:
