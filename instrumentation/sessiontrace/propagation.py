@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import logging
 from collections.abc import Iterator, Mapping, MutableMapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -44,6 +45,35 @@ MAX_HEADER_BYTES = 8192
 # have fixed signatures, so a context variable is how that knowledge reaches them.
 _destination: contextvars.ContextVar[str | None] = contextvars.ContextVar("sessiontrace_destination", default=None)
 _peer_trusted: contextvars.ContextVar[bool] = contextvars.ContextVar("sessiontrace_peer_trusted", default=False)
+_extracting: contextvars.ContextVar[bool] = contextvars.ContextVar("sessiontrace_extracting", default=False)
+
+# Entries a signature covers, and the signature itself: what ``_admit`` reads as text.
+_SIGNED_ENTRY_KEYS = semconv.SESSION_BAGGAGE_KEYS + semconv.WORKFLOW_BAGGAGE_KEYS
+
+# Loggers of the inner propagators (W3C baggage and trace context, trace state parsing). They warn
+# about every malformed header, quoting it: hostile traffic repeats that at will.
+_INNER_PROPAGATOR_LOGGERS = (
+    "opentelemetry.baggage.propagation",
+    "opentelemetry.trace.propagation.tracecontext",
+    "opentelemetry.trace.span",
+)
+
+
+class _OneWarningPerReason(logging.Filter):
+    """While we extract, turns the inner propagators' warnings into one warning of ours per reason."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not _extracting.get() or record.levelno < logging.WARNING:
+            return True
+        warn_once(
+            f"inner:{record.name}:{record.msg}",  # the format string: a fixed set of reasons
+            "sessiontrace: ignored a malformed inbound trace header entry (more like it are not logged): %s",
+            _values.shown(record.getMessage()),
+        )
+        return False
+
+
+_ONE_WARNING_PER_REASON = _OneWarningPerReason()
 
 
 class _CaseInsensitiveGetter(Getter[Mapping[str, Any]]):
@@ -70,7 +100,7 @@ class _BoundedGetter(Getter[CarrierT]):
 
     def get(self, carrier: CarrierT, key: str) -> list[str] | None:
         values = self._inner.get(carrier, key)
-        if values and sum(len(value) for value in values) > MAX_HEADER_BYTES:
+        if values and sum(_encoded_length(value) for value in values) > MAX_HEADER_BYTES:
             warn_once(
                 f"oversized:{key}",
                 "sessiontrace: dropped inbound header %r larger than %d bytes",
@@ -82,6 +112,11 @@ class _BoundedGetter(Getter[CarrierT]):
 
     def keys(self, carrier: CarrierT) -> list[str]:
         return self._inner.keys(carrier)
+
+
+def _encoded_length(value: str) -> int:
+    """Bytes, as the limit means: a header read as latin-1 has up to two UTF-8 bytes a character."""
+    return len(value) if value.isascii() else len(value.encode("utf-8", "surrogatepass"))
 
 
 class SessionPropagator(TextMapPropagator):
@@ -99,6 +134,8 @@ class SessionPropagator(TextMapPropagator):
         # The application's propagator before ``session_propagator`` added Jaeger's, so that a
         # later ``configure(jaeger_propagation=False)`` can take it away again.
         self._base = inner
+        for name in _INNER_PROPAGATOR_LOGGERS:
+            logging.getLogger(name).addFilter(_ONE_WARNING_PER_REASON)  # a no-op when already there
 
     @property
     def fields(self) -> set[str]:
@@ -111,12 +148,20 @@ class SessionPropagator(TextMapPropagator):
         getter: Getter[CarrierT] = DefaultGetter(),  # type: ignore[assignment]  # noqa: B008
     ) -> Context:
         base = context if context is not None else Context()
+        token = _extracting.set(True)
         try:
-            extracted = self.inner.extract(carrier, base, _BoundedGetter(getter))
+            # The carrier is read into a context without baggage, so that what we judge is what the
+            # carrier brought, never what ``context`` already held (its session stays as it was).
+            base_entries = baggage.get_all(base)
+            extracted = self.inner.extract(
+                carrier, baggage.clear(base) if base_entries else base, _BoundedGetter(getter)
+            )
+            return self._admit(baggage.get_all(extracted), _on_base_baggage(extracted, base_entries))
         except Exception as error:  # a propagator must never fail the request
             warn_once(f"extract:{type(error).__name__}", "sessiontrace: ignored malformed trace headers: %r", error)
             return base
-        return self._admit(extracted)
+        finally:
+            _extracting.reset(token)
 
     def inject(
         self,
@@ -132,34 +177,40 @@ class SessionPropagator(TextMapPropagator):
             session = current_session(ctx)
             if session is not None and session.trusted and self.inbound.signing_key:
                 entries = session.baggage_entries()
+                # The run rides along: signed, a receiver that requires signatures continues it too.
+                for key in semconv.WORKFLOW_BAGGAGE_KEYS:
+                    value = baggage.get_baggage(key, ctx)
+                    if value is not None:
+                        entries[key] = str(value)
                 ctx = baggage.set_baggage(semconv.BAGGAGE_SIGNATURE, sign(entries, self.inbound.signing_key), ctx)
         self.inner.inject(carrier, ctx, setter)
 
-    def _admit(self, ctx: Context) -> Context:
-        """Turn the session entries of freshly extracted baggage into a ``Session``, dropping
-        whatever the policy does not accept."""
-        entries = baggage.get_all(ctx)
+    def _admit(self, entries: Mapping[str, object], ctx: Context) -> Context:
+        """Turn the session and run entries the carrier brought (``entries``) into a ``Session``
+        and a ``Run`` in ``ctx``, dropping whatever the policy does not accept."""
+        text = {key: str(entries[key]) for key in _SIGNED_ENTRY_KEYS if key in entries}
+        session_signed, run_signed = self._signed(text)
+        # A workflow run travels independently of the session: admitted (validated) either way,
+        # unless signatures are required, as a stranger could attach our steps to any run.
+        if self.inbound.require_signature and not run_signed and _carries_run(text):
+            warn_once("inbound:unsigned-run", "sessiontrace: dropped inbound workflow run: missing or bad signature")
+        else:
+            ctx = admit_run(entries, ctx)
+
         session_id = entries.get(semconv.BAGGAGE_SESSION_ID)
         if session_id is None:
             session_id = next((entries[k] for k in semconv.FOREIGN_SESSION_BAGGAGE_KEYS if k in entries), None)
-        # A workflow run travels independently of the session: re-admitted (validated) either way.
-        stripped = admit_run(entries, _without_session_entries(ctx))
         if session_id is None:
-            return stripped
+            return ctx
         try:
             sid = _values.session_id(session_id)
         except _values.InvalidValue as error:
             warn_once("inbound:session.id", "sessiontrace: dropped inbound session: %s", error)
-            return stripped
-
-        text = {key: str(entries[key]) for key in semconv.SESSION_BAGGAGE_KEYS if key in entries}
-        signed = bool(self.inbound.signing_key) and signature_is_valid(
-            text, text.get(semconv.BAGGAGE_SIGNATURE), self.inbound.signing_key or b""
-        )
-        if self.inbound.require_signature and not signed:
+            return ctx
+        if self.inbound.require_signature and not session_signed:
             warn_once("inbound:unsigned", "sessiontrace: dropped inbound session %s: missing or bad signature", sid)
-            return stripped
-        trusted = signed or _peer_trusted.get()
+            return ctx
+        trusted = session_signed or _peer_trusted.get()
         session = Session(
             id=sid,
             previous_id=_optional(_values.session_id, text.get(semconv.BAGGAGE_PREVIOUS_ID)),
@@ -169,7 +220,25 @@ class SessionPropagator(TextMapPropagator):
             roles=(_optional(_values.roles, text.get(semconv.BAGGAGE_USER_ROLES)) or ()) if trusted else (),
             trusted=trusted,
         )
-        return context_with_session(session, stripped)
+        return context_with_session(session, ctx)
+
+    def _signed(self, text: Mapping[str, str]) -> tuple[bool, bool]:
+        """Whether the signature in ``text`` covers (the session, the run)."""
+        key, signature = self.inbound.signing_key, text.get(semconv.BAGGAGE_SIGNATURE)
+        if not key or signature is None:
+            return False, False
+        if signature_is_valid(text, signature, key):
+            return True, True
+        if not _carries_run(text):
+            return False, False
+        # A sender from before runs were signed covers the session only: that still vouches for
+        # the session, not for the run.
+        session_only = {name: value for name, value in text.items() if name not in semconv.WORKFLOW_BAGGAGE_KEYS}
+        return signature_is_valid(session_only, signature, key), False
+
+
+def _carries_run(entries: Mapping[str, object]) -> bool:
+    return any(key in entries for key in semconv.WORKFLOW_BAGGAGE_KEYS)
 
 
 def _optional(check: Any, value: str | None) -> Any:
@@ -181,6 +250,18 @@ def _optional(check: Any, value: str | None) -> Any:
     except _values.InvalidValue as error:
         warn_once(f"inbound:{check.__name__}", "sessiontrace: dropped inbound value: %s", error)
         return None
+
+
+def _on_base_baggage(extracted: Context, base_entries: Mapping[str, object]) -> Context:
+    """``extracted`` without the carrier's entries of ours (``_admit`` decides on those), its
+    other entries laid over the baggage the base context had."""
+    ctx = _without_session_entries(extracted)
+    if base_entries:
+        merged = {**base_entries, **baggage.get_all(ctx)}
+        ctx = baggage.clear(ctx)
+        for key, value in merged.items():
+            ctx = baggage.set_baggage(key, value, ctx)
+    return ctx
 
 
 def _without_session_entries(ctx: Context) -> Context:
@@ -246,6 +327,7 @@ def extract(
 ) -> Context:
     """Read a trace and session from ``carrier`` through the inbound policy. ``peer`` is the
     sender's IP address, checked against the trusted peers. Header names match case-insensitively.
+    A session already in ``context`` stays unless the carrier brings one the policy admits.
     Returns a context to ``attach`` (or pass to ``tracer.start_as_current_span``)."""
     propagator = _propagator()
     with inbound_from(peer, propagator.inbound):
