@@ -9,7 +9,8 @@ The text of the last user message picks the behaviour:
 - ``SLOW``: no answer for a while (longer than the tests' client timeout);
 - ``TOOL``: the model asks for the ``lookup_policy`` tool;
 - ``CACHED``: usage includes prompt-cache reads and writes;
-- anything else: the answer ``Hello there, claimant.`` (streamed as three text deltas).
+- anything else: the answer ``Hello there, claimant.`` (streamed as three text deltas), as
+  ``{"answer": ...}`` JSON when the body asks for a format (``output_config.format``: ``parse()``).
 
 Every request is kept (headers and JSON body) for the tests to inspect.
 """
@@ -139,7 +140,8 @@ def _message(body: dict[str, Any], prompt: str, number: int) -> dict[str, Any]:
         ]
         stop_reason = "tool_use"
     else:
-        blocks = [{"type": "text", "text": ANSWER}]
+        structured = isinstance(body.get("output_config"), dict) and body["output_config"].get("format")
+        blocks = [{"type": "text", "text": json.dumps({"answer": ANSWER}) if structured else ANSWER}]
         stop_reason = "end_turn"
     return {
         "id": f"msg_fake_{number:04d}",

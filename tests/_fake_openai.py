@@ -7,8 +7,12 @@ Responses API. What it does is chosen by the prompt text:
 
     FAIL 500   a 500 with an OpenAI error body        FAIL 429   a 429 (rate limited)
     SLOW       waits SLOW_SECONDS before answering     TOOL       calls ``get_weather`` for Paris
+    FAILED RESPONSE   (Responses API) a 200 whose response failed: ``"status": "failed"``, or a
+                      stream ending with a ``response.failed`` event
+    ERROR EVENT       (Responses API, streamed) a stream ending with an ``error`` event
 
-otherwise it answers ``REPLY``, one token per chunk. ``"logprobs": true`` adds ``LOGPROBS``;
+otherwise it answers ``REPLY``, one token per chunk (``{"answer": REPLY}`` when a non-streamed call asks
+for a JSON schema). ``"logprobs": true`` adds ``LOGPROBS``;
 ``"stream_options": {"include_usage": true}`` adds a final usage chunk. Usage is always
 ``PROMPT_TOKENS`` in and one token per reply token out.
 
@@ -34,6 +38,8 @@ TOOL_CALL_ID = "call_fake_1"
 TOOL_NAME = "get_weather"
 TOOL_ARGUMENTS = ['{"city"', ': "Paris"}']
 SLOW_SECONDS = 1.0
+FAILED_CODE = "server_error"
+FAILED_MESSAGE = "The model failed to answer"
 CREATED = 1_700_000_000
 
 Scope = MutableMapping[str, Any]
@@ -89,6 +95,14 @@ def _usage(completion_tokens: int) -> dict[str, int]:
     }
 
 
+def answer_text(body: dict[str, Any]) -> str:
+    """The reply, as JSON when the request asks for a JSON schema (structured outputs, ``parse()``)."""
+    formats = (body.get("response_format") or {}, (body.get("text") or {}).get("format") or {})
+    if any(requested.get("type") == "json_schema" for requested in formats):
+        return json.dumps({"answer": "".join(REPLY)})
+    return "".join(REPLY)
+
+
 # --- chat completions ------------------------------------------------------------------------------------
 def chat_completion(body: dict[str, Any], tool: bool) -> dict[str, Any]:
     if tool:
@@ -106,7 +120,7 @@ def chat_completion(body: dict[str, Any], tool: bool) -> dict[str, Any]:
         }
         finish, completion_tokens, logprobs = "tool_calls", len(TOOL_ARGUMENTS), None
     else:
-        message = {"role": "assistant", "content": "".join(REPLY), "refusal": None}
+        message = {"role": "assistant", "content": answer_text(body), "refusal": None}
         finish, completion_tokens = "stop", len(REPLY)
         logprobs = _logprobs(bool(body.get("logprobs")), REPLY, LOGPROBS)
     return {
@@ -180,7 +194,7 @@ def response_object(body: dict[str, Any], tool: bool, status: str = "completed")
                 "id": "msg_fake_1",
                 "role": "assistant",
                 "status": "completed",
-                "content": [{"type": "output_text", "text": "".join(REPLY), "annotations": []}],
+                "content": [{"type": "output_text", "text": answer_text(body), "annotations": []}],
             }
         ]
         completion_tokens = len(REPLY)
@@ -209,8 +223,18 @@ def response_object(body: dict[str, Any], tool: bool, status: str = "completed")
     }
 
 
-def response_events(body: dict[str, Any], tool: bool) -> Iterator[dict[str, Any]]:
+def failed_response(body: dict[str, Any]) -> dict[str, Any]:
+    return {**response_object(body, False, "failed"), "error": {"code": FAILED_CODE, "message": FAILED_MESSAGE}}
+
+
+def response_events(body: dict[str, Any], tool: bool, prompt: str = "") -> Iterator[dict[str, Any]]:
     yield {"type": "response.created", "sequence_number": 0, "response": response_object(body, tool, "in_progress")}
+    if "FAILED RESPONSE" in prompt:
+        yield {"type": "response.failed", "sequence_number": 1, "response": failed_response(body)}
+        return
+    if "ERROR EVENT" in prompt:
+        yield {"type": "error", "sequence_number": 1, "code": FAILED_CODE, "message": FAILED_MESSAGE, "param": None}
+        return
     number = 1
     if not tool:
         for token in REPLY:
@@ -273,8 +297,10 @@ class FakeOpenAI:
         tool = "TOOL" in prompt
         chat = path == "/v1/chat/completions"
         if body.get("stream"):
-            events = chat_chunks(body, tool) if chat else response_events(body, tool)
+            events = chat_chunks(body, tool) if chat else response_events(body, tool, prompt)
             await self._sse(send, events, done_marker=chat)
+        elif not chat and "FAILED RESPONSE" in prompt:
+            await self._json(send, 200, failed_response(body))
         else:
             await self._json(send, 200, chat_completion(body, tool) if chat else response_object(body, tool))
 

@@ -54,10 +54,15 @@ ORIGINALS: dict[tuple[type[Any], str], Any] = {
 }
 
 
+SERVER: dict[str, Any] = {}
+"""``server.address`` and ``server.port`` of the fake API, set when it starts."""
+
+
 # --- fixtures -------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def fake() -> Iterator[FakeAnthropic]:
     server = fake_api.start()
+    SERVER.update({semconv.SERVER_ADDRESS: "127.0.0.1", semconv.SERVER_PORT: server.server.server_address[1]})
     try:
         yield server
     finally:
@@ -154,15 +159,20 @@ def response_attributes(
         semconv.GEN_AI_RESPONSE_FINISH_REASONS: [finish],
         semconv.GEN_AI_USAGE_INPUT_TOKENS: input_tokens,
         semconv.GEN_AI_USAGE_OUTPUT_TOKENS: OUTPUT_TOKENS,
+        # reported by the API on every answer, 0 without prompt caching
+        semconv.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS: 0,
+        semconv.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS: 0,
     }
 
 
-def request_attributes(sid: str, max_tokens: int = 64) -> dict[str, Any]:
+def request_attributes(sid: str, max_tokens: int = 64, *, stream: bool = False) -> dict[str, Any]:
     return {
         semconv.GEN_AI_OPERATION_NAME: "chat",
         semconv.GEN_AI_PROVIDER_NAME: "anthropic",
         semconv.GEN_AI_REQUEST_MODEL: MODEL,
         semconv.GEN_AI_REQUEST_MAX_TOKENS: max_tokens,
+        **({semconv.GEN_AI_REQUEST_STREAM: True} if stream else {}),
+        **SERVER,
         semconv.SESSION_ID: sid,
     }
 
@@ -239,6 +249,7 @@ class TestCreate:
             semconv.GEN_AI_REQUEST_MAX_TOKENS: 200,
             semconv.GEN_AI_REQUEST_TEMPERATURE: 0.25,
             semconv.GEN_AI_REQUEST_TOP_P: 0.9,
+            semconv.GEN_AI_REQUEST_TOP_K: 5.0,  # a double in the conventions
             semconv.GEN_AI_REQUEST_STOP_SEQUENCES: ["END", "STOP"],
         }
         assert found[semconv.SESSION_ID] == current.id
@@ -264,6 +275,8 @@ class TestCreate:
         assert message.usage.input_tokens == INPUT_TOKENS
         found = attributes(the_ai_span(capsession))
         assert found[semconv.GEN_AI_USAGE_INPUT_TOKENS] == INPUT_TOKENS + CACHE_WRITE_TOKENS + CACHE_READ_TOKENS
+        assert found[semconv.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS] == CACHE_READ_TOKENS
+        assert found[semconv.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS] == CACHE_WRITE_TOKENS
 
     def test_raw_response_call_is_traced_without_a_response(
         self, client: anthropic.Anthropic, capsession: CapturedSpans
@@ -391,8 +404,12 @@ class TestContent:
         recorded = (the_ai_span(capsession).attributes or {})[semconv.GEN_AI_INPUT_MESSAGES]
         assert isinstance(recorded, str)
         assert recorded.startswith('[{"role":"user","parts":[{"type":"text","content":"xxx')
-        assert len(recorded) < MAX_CONTENT_CHARS + 100
-        assert recorded.endswith("chars]")
+        assert len(recorded) <= MAX_CONTENT_CHARS
+        # still JSON in the semconv shape: the text is cut inside its part, with the marker there
+        ((role, (part,)),) = [(message["role"], message["parts"]) for message in json.loads(recorded)]
+        kept, _, marker = part["content"].partition("…")
+        assert (role, part["type"], set(kept)) == ("user", "text", {"x"})
+        assert marker == f"[truncated {len(prompt) - len(kept)} chars]"
 
     @pytest.mark.usefixtures("capture_on")
     def test_odd_content_fails_as_it_would_untraced(
@@ -465,7 +482,7 @@ class TestStreaming:
         ours = assert_structure(capsession, "handle claim")
         found, _ = without_ttfc(ours)
         assert found == {
-            **request_attributes(current.id),
+            **request_attributes(current.id, stream=True),
             **response_attributes(response_id),
             semconv.GEN_AI_INPUT_MESSAGES: json.dumps(
                 [{"role": "user", "parts": [{"type": "text", "content": "Hi"}]}], separators=(",", ":")
@@ -491,7 +508,7 @@ class TestStreaming:
         sid, response_id = asyncio.run(main())
         ours = assert_structure(capsession, "handle claim")
         found, _ = without_ttfc(ours)
-        assert found == {**request_attributes(sid), **response_attributes(response_id)}
+        assert found == {**request_attributes(sid, stream=True), **response_attributes(response_id)}
 
     def test_async_stream_abandoned(self, async_client: anthropic.AsyncAnthropic, capsession: CapturedSpans) -> None:
         async def main() -> None:
@@ -550,14 +567,20 @@ class TestStreaming:
         assert found[semconv.GEN_AI_USAGE_OUTPUT_TOKENS] == 1
         assert semconv.GEN_AI_RESPONSE_FINISH_REASONS not in found
 
-    def test_abandoned_by_break(self, client: anthropic.Anthropic, capsession: CapturedSpans) -> None:
+    @pytest.mark.parametrize("how", ["close", "garbage collected"])
+    def test_abandoned_by_break(self, client: anthropic.Anthropic, capsession: CapturedSpans, how: str) -> None:
         stream = client.messages.create(model=MODEL, max_tokens=64, messages=user("Hi"), stream=True)
         for _event in stream:
             break
-        assert len(ai_spans(capsession)) == 1  # the loop's iterator was dropped: the span ended
+        assert ours_unfinished(capsession)  # like the SDK's stream, a later loop may go on reading it
+        if how == "close":
+            stream.close()
+            stream.close()
+        else:
+            del stream
+            gc.collect()
+        assert len(ai_spans(capsession)) == 1  # ended, once
         assert semconv.GEN_AI_RESPONSE_FINISH_REASONS not in attributes(the_ai_span(capsession))
-        stream.close()
-        assert len(ai_spans(capsession)) == 1  # ended once
 
     def test_abandoned_by_leaving_with(self, client: anthropic.Anthropic, capsession: CapturedSpans) -> None:
         with client.messages.create(model=MODEL, max_tokens=64, messages=user("Hi"), stream=True) as stream:

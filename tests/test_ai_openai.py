@@ -55,10 +55,15 @@ TOOLS = [
 ]
 
 
+SERVER: dict[str, Any] = {}
+"""``server.address`` and ``server.port`` of the fake server, set when it starts."""
+
+
 # --- fixtures ----------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def server() -> Iterator[FakeOpenAI]:
     with FakeOpenAI() as running:
+        SERVER.update({semconv.SERVER_ADDRESS: "127.0.0.1", semconv.SERVER_PORT: running.port})
         yield running
 
 
@@ -126,7 +131,10 @@ def assert_child_of(span: ReadableSpan, app: App) -> None:
 
 
 def request(**extra: Any) -> dict[str, Any]:
-    return {semconv.GEN_AI_OPERATION_NAME: "chat", semconv.GEN_AI_PROVIDER_NAME: "openai", **extra}
+    return {semconv.GEN_AI_OPERATION_NAME: "chat", semconv.GEN_AI_PROVIDER_NAME: "openai", **SERVER, **extra}
+
+
+STREAMED = {semconv.GEN_AI_REQUEST_STREAM: True}
 
 
 def answered(finish: str = "stop", output_tokens: int = len(fake_wire.REPLY), **extra: Any) -> dict[str, Any]:
@@ -301,8 +309,12 @@ class TestContent:
         assert answer.id == fake_wire.RESPONSE_ID
         recorded = str((ai_span(spans).attributes or {})[semconv.GEN_AI_INPUT_MESSAGES])
         assert recorded.startswith('[{"role":"user","parts":[{"type":"text","content":"xxx')
-        assert len(recorded) < content.MAX_CONTENT_CHARS + 100
-        assert recorded.endswith("chars]")
+        assert len(recorded) <= content.MAX_CONTENT_CHARS
+        # still JSON in the semconv shape: the text is cut inside its part, with the marker there
+        ((role, (part,)),) = [(message["role"], message["parts"]) for message in json.loads(recorded)]
+        kept, _, marker = part["content"].partition("…")
+        assert (role, part["type"], set(kept)) == ("user", "text", {"x"})
+        assert marker == f"[truncated {len(prompt) - len(kept)} chars]"
 
     def test_content_json_cannot_encode_is_recorded_safely(
         self, spans: CapturedSpans, capture: None, client: Any
@@ -389,7 +401,7 @@ class TestStreaming:
         span = ai_span(spans)
         assert_child_of(span, app)
         assert attributes_without_ttfc(span) == {
-            **request(),
+            **request(**STREAMED),
             semconv.GEN_AI_REQUEST_MODEL: MODEL,
             **answered(),
             **app.stamps(),
@@ -413,7 +425,7 @@ class TestStreaming:
         span = ai_span(spans)
         assert_child_of(span, app)
         assert attributes_without_ttfc(span) == {
-            **request(),
+            **request(**STREAMED),
             semconv.GEN_AI_REQUEST_MODEL: MODEL,
             **answered(),
             **app.stamps(),
@@ -485,7 +497,7 @@ class TestAbandonedStream:
         span = ai_span(spans)
         assert_child_of(span, app)
         assert attributes_without_ttfc(span) == {
-            **request(),
+            **request(**STREAMED),
             semconv.GEN_AI_REQUEST_MODEL: MODEL,
             semconv.GEN_AI_RESPONSE_MODEL: ANSWERED_BY,
             semconv.GEN_AI_RESPONSE_ID: fake_wire.RESPONSE_ID,
@@ -638,7 +650,7 @@ class TestResponses:
         app = asyncio.run(main())
         span = ai_span(spans)
         assert_child_of(span, app)
-        assert attributes_without_ttfc(span) == self.expected(app)
+        assert attributes_without_ttfc(span) == self.expected(app, **STREAMED)
 
     def test_content_and_tool_call(self, spans: CapturedSpans, capture: None, client: Any) -> None:
         with App():

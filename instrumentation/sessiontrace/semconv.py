@@ -48,7 +48,8 @@ BAGGAGE_USER_ROLES: Final = USER_ROLES
 BAGGAGE_TRIGGER_SOURCE: Final = TRIGGER_SOURCE
 BAGGAGE_TRIGGER_TYPE: Final = TRIGGER_TYPE
 BAGGAGE_SIGNATURE: Final = "sessiontrace.sig"
-"""HMAC-SHA256 over the session entries, minted by a trusted edge. Provisional."""
+"""HMAC-SHA256 over the session entries (and the workflow run's, when one travels), minted by a
+trusted edge. Provisional."""
 
 SESSION_BAGGAGE_KEYS: Final = (
     BAGGAGE_SESSION_ID,
@@ -109,8 +110,9 @@ STEP_SPAN: Final = "step"
 BAGGAGE_WORKFLOW_NAME: Final = WORKFLOW_NAME
 BAGGAGE_WORKFLOW_RUN_ID: Final = WORKFLOW_RUN_ID
 WORKFLOW_BAGGAGE_KEYS: Final = (BAGGAGE_WORKFLOW_NAME, BAGGAGE_WORKFLOW_RUN_ID)
-"""The run travels as baggage so that a step in a called process continues it. Not signed: a run
-id is a label, not an identity claim; inbound it must still be well formed."""
+"""The run travels as baggage so that a step in a called process continues it. Inbound it must be
+well formed; with a signing key it is signed with the session, and a receiver that requires
+signatures continues only a signed run."""
 OUR_BAGGAGE_KEYS: Final = SESSION_BAGGAGE_KEYS + WORKFLOW_BAGGAGE_KEYS
 """Every baggage key we own, session and run: what the outbound host policy strips."""
 
@@ -126,11 +128,19 @@ GEN_AI_REQUEST_STOP_SEQUENCES: Final = "gen_ai.request.stop_sequences"
 GEN_AI_REQUEST_FREQUENCY_PENALTY: Final = "gen_ai.request.frequency_penalty"
 GEN_AI_REQUEST_PRESENCE_PENALTY: Final = "gen_ai.request.presence_penalty"
 GEN_AI_REQUEST_CHOICE_COUNT: Final = "gen_ai.request.choice.count"
+GEN_AI_REQUEST_TOP_K: Final = "gen_ai.request.top_k"
+"""A double in the conventions, whatever the provider's type."""
+GEN_AI_REQUEST_STREAM: Final = "gen_ai.request.stream"
+"""Set (true) only on a streamed request: unset means not streamed."""
 GEN_AI_RESPONSE_MODEL: Final = "gen_ai.response.model"
 GEN_AI_RESPONSE_ID: Final = "gen_ai.response.id"
 GEN_AI_RESPONSE_FINISH_REASONS: Final = "gen_ai.response.finish_reasons"
 GEN_AI_USAGE_INPUT_TOKENS: Final = "gen_ai.usage.input_tokens"
 GEN_AI_USAGE_OUTPUT_TOKENS: Final = "gen_ai.usage.output_tokens"
+GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS: Final = "gen_ai.usage.cache_read.input_tokens"
+"""Input tokens served from the provider's prompt cache; included in ``gen_ai.usage.input_tokens``."""
+GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS: Final = "gen_ai.usage.cache_creation.input_tokens"
+"""Input tokens written to the provider's prompt cache; included in ``gen_ai.usage.input_tokens``."""
 GEN_AI_CONVERSATION_ID: Final = "gen_ai.conversation.id"
 GEN_AI_OUTPUT_TYPE: Final = "gen_ai.output.type"
 GEN_AI_SYSTEM_INSTRUCTIONS: Final = "gen_ai.system_instructions"
@@ -157,6 +167,10 @@ GEN_AI_REVIEWER: Final = "sessiontrace.gen_ai.review.reviewer"
 """Who reviewed (a user id). Provisional."""
 CAPTURE_CONTENT_ENV: Final = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
 """Environment variable that turns prompt/answer capture on (semconv-genai convention)."""
+SERVER_ADDRESS: Final = "server.address"
+"""Host of the model's API, from the client's base URL (semconv, stable)."""
+SERVER_PORT: Final = "server.port"
+"""Its port, the scheme's default when the URL has none (semconv, stable)."""
 
 # --- database changes ------------------------------------------------------------------------------
 DB_CHANGE_EVENT: Final = "sessiontrace.db.change"
@@ -207,7 +221,7 @@ NAMES: Final = (
     Name(USER_ROLES, "attribute, baggage", "semconv (development)", "roles of that user"),
     Name(TRIGGER_SOURCE, "attribute, baggage", "provisional", "ui, api, schedule, webhook, queue, system"),
     Name(TRIGGER_TYPE, "attribute, baggage", "provisional", "detail of the trigger"),
-    Name(BAGGAGE_SIGNATURE, "baggage", "provisional", "HMAC of the session entries"),
+    Name(BAGGAGE_SIGNATURE, "baggage", "provisional", "HMAC of the session and run entries"),
     Name(SESSION_SPAN, "span", "provisional", "span around a session"),
     Name(SESSION_START_EVENT, "event", "semconv (development)", "a session id was minted"),
     Name(SESSION_END_EVENT, "event", "semconv (development)", "the activity that minted it ended"),
@@ -241,11 +255,15 @@ NAMES: Final = (
     Name(GEN_AI_REQUEST_FREQUENCY_PENALTY, "attribute", "semconv-genai", "request setting"),
     Name(GEN_AI_REQUEST_PRESENCE_PENALTY, "attribute", "semconv-genai", "request setting"),
     Name(GEN_AI_REQUEST_CHOICE_COUNT, "attribute", "semconv-genai", "request setting"),
+    Name(GEN_AI_REQUEST_TOP_K, "attribute", "semconv-genai", "request setting"),
+    Name(GEN_AI_REQUEST_STREAM, "attribute", "semconv-genai", "true on a streamed request"),
     Name(GEN_AI_RESPONSE_MODEL, "attribute", "semconv-genai", "model that answered"),
     Name(GEN_AI_RESPONSE_ID, "attribute", "semconv-genai", "provider's response id"),
     Name(GEN_AI_RESPONSE_FINISH_REASONS, "attribute", "semconv-genai", "why generation stopped"),
     Name(GEN_AI_USAGE_INPUT_TOKENS, "attribute", "semconv-genai", "prompt tokens"),
     Name(GEN_AI_USAGE_OUTPUT_TOKENS, "attribute", "semconv-genai", "answer tokens"),
+    Name(GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS, "attribute", "semconv-genai", "prompt tokens read from cache"),
+    Name(GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS, "attribute", "semconv-genai", "prompt tokens written to cache"),
     Name(GEN_AI_CONVERSATION_ID, "attribute", "semconv-genai", "conversation id"),
     Name(GEN_AI_OUTPUT_TYPE, "attribute", "semconv-genai", "text, json..."),
     Name(GEN_AI_SYSTEM_INSTRUCTIONS, "attribute (opt-in)", "semconv-genai", "system prompt"),
@@ -263,6 +281,8 @@ NAMES: Final = (
     Name(GEN_AI_REVIEW_DECISION, "attribute", "provisional", "approve or override"),
     Name(GEN_AI_REVIEWER, "attribute", "provisional", "who reviewed"),
     Name(CAPTURE_CONTENT_ENV, "environment variable", "semconv-genai", "turns content capture on"),
+    Name(SERVER_ADDRESS, "attribute", "semconv (stable)", "host of a model's API"),
+    Name(SERVER_PORT, "attribute", "semconv (stable)", "port of a model's API"),
     Name(DB_CHANGE_EVENT, "event", "provisional", "one audited record change"),
     Name(DB_SYSTEM_NAME, "event attribute", "semconv", "database system"),
     Name(DB_COLLECTION_NAME, "event attribute", "semconv", "table changed"),

@@ -1,14 +1,17 @@
 """Calls through the official ``anthropic`` SDK as GenAI spans.
 
 ``AnthropicInstrumentor`` wraps ``Messages.create`` and ``AsyncMessages.create`` (plain and
-``stream=True``) and the ``messages.stream(...)`` helper. Each call becomes an ``AICall`` span
+``stream=True``), ``messages.parse(...)`` and the ``messages.stream(...)`` helper, and the same of
+``client.beta.messages`` where the SDK has them. Each call becomes an ``AICall`` span
 (``chat {model}``, kind CLIENT, provider ``anthropic``), a child of whatever span is current, so it
 carries the session like every other span.
 
 A streamed answer outlives the call that asked for it: the SDK returns a ``Stream`` the caller reads
 later, maybe in another task. Its span is started without being made current (``AICall.start()``),
 made current only around the SDK call itself, and ended by whatever finishes the stream: its last
-event, an error, ``close()``, the end of a ``with`` block, or the garbage collector.
+event, an error, ``close()``, the end of a ``with`` block, or the garbage collector. Like the SDK's
+stream, it can be read in several loops (a peek with ``next(iter(stream))``, then a ``for``): leaving
+one loop does not end it.
 
 The SDK (2.x) also emits a span of its own per API call (``anthropic.messages.create``, HTTP detail);
 it starts inside ours, so it shows up as our child. It also injects the trace context, baggage
@@ -19,11 +22,12 @@ where ``OutboundPolicyInstrumentor`` (which patches ``httpx2``'s transport too) 
 
 from __future__ import annotations
 
+import importlib
 import json
 import threading
 import time
 import weakref
-from collections.abc import AsyncIterator, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 from opentelemetry import trace
@@ -34,16 +38,17 @@ from wrapt import ObjectProxy, wrap_function_wrapper
 from sessiontrace import semconv
 from sessiontrace._log import logger, warn_once
 from sessiontrace.ai import content
-from sessiontrace.ai.call import AICall, ai_call
+from sessiontrace.ai.call import AICall, Endpoint, endpoint, request_extras
 from sessiontrace.propagation import outbound_to
 
 PROVIDER = "anthropic"
 OPERATION = "chat"
 
 _MODULE = "anthropic.resources.messages"
+_BETA_MODULE = "anthropic.resources.beta.messages"
 
 # Request settings with a GenAI attribute (see ``sessiontrace.ai.call.REQUEST_ATTRIBUTES``).
-_SETTINGS = ("max_tokens", "temperature", "top_p", "stop_sequences")
+_SETTINGS = ("max_tokens", "temperature", "top_p", "top_k", "stop_sequences")
 
 
 # --- the instrumentor --------------------------------------------------------------------------------------
@@ -58,33 +63,37 @@ class AnthropicInstrumentor(BaseInstrumentor):  # type: ignore[misc]
 
     def _instrument(self, **kwargs: Any) -> None:
         try:
-            import anthropic.resources.messages as messages
+            importlib.import_module(_MODULE)
         except ImportError as error:
             warn_once("anthropic:import", "sessiontrace: anthropic is not instrumented: %s", error)
             return
-        for owner_name, method, wrapper in _TARGETS:
-            owner = getattr(messages, owner_name, None)
+        for module, owner_name, method, wrapper, required in _TARGETS:
+            owner = _owner(module, owner_name)
             if owner is None or not callable(getattr(owner, method, None)):
-                warn_once(
-                    f"anthropic:{owner_name}.{method}",
-                    "sessiontrace: this anthropic SDK has no %s.%s; calls through it are not traced",
-                    owner_name,
-                    method,
-                )
+                if required:
+                    warn_once(
+                        f"anthropic:{owner_name}.{method}",
+                        "sessiontrace: this anthropic SDK has no %s.%s; calls through it are not traced",
+                        owner_name,
+                        method,
+                    )
                 continue
-            wrap_function_wrapper(_MODULE, f"{owner_name}.{method}", wrapper)
+            wrap_function_wrapper(module, f"{owner_name}.{method}", wrapper)
 
     def _uninstrument(self, **kwargs: Any) -> None:
         # BaseInstrumentor is a singleton whose __init__ runs again on every construction: nothing
         # is kept on it, and unwrap leaves a method that was never wrapped alone.
-        try:
-            import anthropic.resources.messages as messages
-        except ImportError:
-            return
-        for owner_name, method, _ in _TARGETS:
-            owner = getattr(messages, owner_name, None)
+        for module, owner_name, method, _, _ in _TARGETS:
+            owner = _owner(module, owner_name)
             if owner is not None and hasattr(owner, method):
                 unwrap(owner, method)
+
+
+def _owner(module: str, name: str) -> Any:
+    try:
+        return getattr(importlib.import_module(module), name, None)
+    except ImportError:  # an SDK without the beta resources
+        return None
 
 
 # --- one call -----------------------------------------------------------------------------------------------
@@ -121,6 +130,8 @@ class _Call:
                 input_tokens=_input_tokens(usage),
                 output_tokens=_int(_field(usage, "output_tokens")),
                 output_messages=output,
+                cache_read_input_tokens=_int(_field(usage, "cache_read_input_tokens")),
+                cache_creation_input_tokens=_int(_field(usage, "cache_creation_input_tokens")),
             )
         except Exception:
             logger.debug("sessiontrace: could not record an Anthropic response", exc_info=True)
@@ -163,24 +174,41 @@ class _Current:
             self._use.__exit__(None, None, None)
 
 
-def _start(instance: Any, kwargs: Mapping[str, Any]) -> _Call | None:
-    """Start the span of a ``create``/``stream`` call with these arguments, or None when our
-    bookkeeping fails (the call then goes on untraced)."""
+def _start(instance: Any, kwargs: Mapping[str, Any], *, stream: bool = False) -> _Call | None:
+    """Start the span of a ``create``/``parse``/``stream`` call with these arguments (``stream``:
+    the helper, streamed whatever the arguments say), or None when our bookkeeping fails (the call
+    then goes on untraced)."""
     try:
         model = kwargs.get("model")
         capture = content.capture_content()
-        call = ai_call(
+        target = _endpoint(instance)
+        call = AICall(
             model=model if isinstance(model, str) and model else "unknown",
             provider=PROVIDER,
             operation=OPERATION,
+            conversation_id=None,
             settings=_settings(kwargs),
             input_messages=_input_messages(kwargs.get("messages")) if capture else None,
             system_instructions=_system_instructions(kwargs.get("system")) if capture else None,
+            attributes=request_extras(
+                target.attributes if target is not None else {},
+                stream=stream or kwargs.get("stream") is True,
+                output_type="json" if _structured(kwargs) else None,
+            ),
         )
-        return _Call(call, _destination(instance))
+        return _Call(call, target.url if target is not None else None)
     except Exception:
         logger.debug("sessiontrace: could not start the span of an Anthropic call", exc_info=True)
         return None
+
+
+def _structured(kwargs: Mapping[str, Any]) -> bool:
+    """Structured (JSON) output asked for: a model class for ``parse()``/``stream()`` (a format dict
+    for the beta ``create``), or a format in ``output_config``."""
+    output_format = kwargs.get("output_format")
+    return isinstance(output_format, (type, Mapping)) or isinstance(
+        _field(kwargs.get("output_config"), "format"), Mapping
+    )
 
 
 def _settings(kwargs: Mapping[str, Any]) -> dict[str, Any]:
@@ -192,9 +220,10 @@ def _settings(kwargs: Mapping[str, Any]) -> dict[str, Any]:
     return settings
 
 
-def _destination(instance: Any) -> str | None:
-    base_url = getattr(getattr(instance, "_client", None), "base_url", None)
-    return str(base_url) if base_url is not None else None
+def _endpoint(instance: Any) -> Endpoint | None:
+    """The client's base URL and ``server.*`` attributes, parsed once per client."""
+    client = getattr(instance, "_client", None)
+    return endpoint(getattr(client, "_base_url", None) or getattr(client, "base_url", None))
 
 
 def _record_error(call: AICall, error: BaseException) -> None:
@@ -362,6 +391,8 @@ class _StreamRecorder:
                 input_tokens=_input_tokens(self._usage) if "input_tokens" in self._usage else None,
                 output_tokens=self._usage.get("output_tokens"),
                 output_messages=output,
+                cache_read_input_tokens=self._usage.get("cache_read_input_tokens"),
+                cache_creation_input_tokens=self._usage.get("cache_creation_input_tokens"),
             )
         except Exception:
             logger.debug("sessiontrace: could not record an Anthropic stream", exc_info=True)
@@ -390,26 +421,17 @@ def _watch(proxy: Any, recorder: _StreamRecorder) -> None:
 
 
 class _StreamProxy(ObjectProxy[Any]):
-    """An ``anthropic.Stream`` that records its events; otherwise the stream itself."""
+    """An ``anthropic.Stream`` that records its events; otherwise the stream itself. Its own
+    iterator, as the SDK's stream is: a loop left early can be resumed by the next, so only the
+    end of the events, ``close()``, ``with`` or the finalizer ends the span, never a ``break``."""
 
     def __init__(self, wrapped: Any, recorder: _StreamRecorder) -> None:
         super().__init__(wrapped)
         self._self_recorder = recorder
         _watch(self, recorder)
 
-    def __iter__(self) -> Iterator[Any]:
-        recorder = self._self_recorder
-        try:
-            for item in self.__wrapped__:
-                recorder.event(item)
-                yield item
-        except GeneratorExit:  # the caller stopped reading (break, then the loop's iterator was dropped)
-            recorder.finish()
-            raise
-        except BaseException as error:
-            recorder.finish(error)
-            raise
-        recorder.finish()
+    def __iter__(self) -> _StreamProxy:
+        return self
 
     def __next__(self) -> Any:
         recorder = self._self_recorder
@@ -442,29 +464,16 @@ class _StreamProxy(ObjectProxy[Any]):
 
 
 class _AsyncStreamProxy(ObjectProxy[Any]):
-    """An ``anthropic.AsyncStream`` that records its events; otherwise the stream itself."""
+    """An ``anthropic.AsyncStream`` that records its events; otherwise the stream itself, its own
+    iterator (see ``_StreamProxy``)."""
 
     def __init__(self, wrapped: Any, recorder: _StreamRecorder) -> None:
         super().__init__(wrapped)
         self._self_recorder = recorder
         _watch(self, recorder)
 
-    def __aiter__(self) -> AsyncIterator[Any]:
-        return self._self_iterate()
-
-    async def _self_iterate(self) -> AsyncIterator[Any]:
-        recorder = self._self_recorder
-        try:
-            async for item in self.__wrapped__:
-                recorder.event(item)
-                yield item
-        except GeneratorExit:
-            recorder.finish()
-            raise
-        except BaseException as error:
-            recorder.finish(error)
-            raise
-        recorder.finish()
+    def __aiter__(self) -> _AsyncStreamProxy:
+        return self  # resumable, as the sync proxy
 
     async def __anext__(self) -> Any:
         recorder = self._self_recorder
@@ -527,7 +536,7 @@ class _StreamManagerProxy(ObjectProxy[Any]):
         self._self_kwargs = kwargs
 
     def __enter__(self) -> Any:
-        call = _start(self._self_instance, self._self_kwargs)
+        call = _start(self._self_instance, self._self_kwargs, stream=True)
         if call is None:
             return self.__wrapped__.__enter__()
         try:
@@ -556,7 +565,7 @@ class _AsyncStreamManagerProxy(ObjectProxy[Any]):
         self._self_kwargs = kwargs
 
     async def __aenter__(self) -> Any:
-        call = _start(self._self_instance, self._self_kwargs)
+        call = _start(self._self_instance, self._self_kwargs, stream=True)
         if call is None:
             return await self.__wrapped__.__aenter__()
         try:
@@ -576,13 +585,22 @@ class _AsyncStreamManagerProxy(ObjectProxy[Any]):
         return await self.__wrapped__.__aexit__(*exc_info)
 
 
-_TARGETS = (
-    ("Messages", "create", _create),
-    ("AsyncMessages", "create", _create_async),
-    ("Messages", "stream", _stream),
-    ("AsyncMessages", "stream", _stream_async),
+_TARGETS: tuple[tuple[str, str, str, Callable[..., Any], bool], ...] = (
+    (_MODULE, "Messages", "create", _create, True),
+    (_MODULE, "AsyncMessages", "create", _create_async, True),
+    (_MODULE, "Messages", "stream", _stream, True),
+    (_MODULE, "AsyncMessages", "stream", _stream_async, True),
+    # parse() posts itself (not through create); it and the beta resource come and go with SDK versions
+    (_MODULE, "Messages", "parse", _create, False),
+    (_MODULE, "AsyncMessages", "parse", _create_async, False),
+    (_BETA_MODULE, "Messages", "create", _create, False),
+    (_BETA_MODULE, "AsyncMessages", "create", _create_async, False),
+    (_BETA_MODULE, "Messages", "parse", _create, False),
+    (_BETA_MODULE, "AsyncMessages", "parse", _create_async, False),
+    (_BETA_MODULE, "Messages", "stream", _stream, False),
+    (_BETA_MODULE, "AsyncMessages", "stream", _stream_async, False),
 )
-"""What is wrapped, in ``anthropic.resources.messages``: (class, method, wrapper)."""
+"""What is wrapped: (module, class, method, wrapper, warn when missing)."""
 
 
 # --- content: Anthropic blocks to semconv parts ----------------------------------------------------------

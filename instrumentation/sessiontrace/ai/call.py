@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, NamedTuple
+from urllib.parse import urlsplit
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -34,6 +35,7 @@ REQUEST_ATTRIBUTES: Mapping[str, str] = {
     "frequency_penalty": semconv.GEN_AI_REQUEST_FREQUENCY_PENALTY,
     "presence_penalty": semconv.GEN_AI_REQUEST_PRESENCE_PENALTY,
     "n": semconv.GEN_AI_REQUEST_CHOICE_COUNT,
+    "top_k": semconv.GEN_AI_REQUEST_TOP_K,
 }
 
 
@@ -60,6 +62,60 @@ def _name_and_base(operation: str, provider: str, model: str) -> tuple[str, dict
     return found
 
 
+class Endpoint(NamedTuple):
+    """Where a client sends its calls: the base URL (for the outbound policy) and the semconv
+    ``server.address`` / ``server.port`` attributes."""
+
+    url: str
+    attributes: Mapping[str, Any]
+
+
+_DEFAULT_PORTS: Mapping[str, int] = {"https": 443, "http": 80, "wss": 443, "ws": 80}
+_ENDPOINT_CACHE_SIZE = 256
+_endpoints: dict[int, tuple[Any, Endpoint]] = {}
+"""Per base-URL object (a client keeps the same one for its life): parsed once, not per call.
+Keyed by ``id`` with the object itself kept, so the id cannot be reused while cached."""
+
+
+def endpoint(base_url: Any) -> Endpoint | None:
+    """The endpoint of a client's ``base_url`` (an ``httpx`` URL or a string), or None."""
+    if base_url is None:
+        return None
+    found = _endpoints.get(id(base_url))
+    if found is not None and found[0] is base_url:
+        return found[1]
+    url = str(base_url)
+    attributes: dict[str, Any] = {}
+    try:
+        parts = urlsplit(url)
+        port = parts.port or _DEFAULT_PORTS.get(parts.scheme)
+    except ValueError:  # a port that is not a number
+        parts, port = urlsplit(""), None
+    if parts.hostname:
+        attributes[semconv.SERVER_ADDRESS] = parts.hostname
+        if port:
+            attributes[semconv.SERVER_PORT] = port
+    result = Endpoint(url, attributes)  # shared by every call: never mutated (a dict, for a fast update)
+    if len(_endpoints) >= _ENDPOINT_CACHE_SIZE:
+        _endpoints.clear()
+    _endpoints[id(base_url)] = (base_url, result)
+    return result
+
+
+def request_extras(server: Mapping[str, Any], *, stream: bool, output_type: str | None) -> Mapping[str, Any]:
+    """What an instrumentor adds to ``AICall(attributes=...)``: ``server.*``, and
+    ``gen_ai.request.stream`` / ``gen_ai.output.type`` when they apply (the conventions leave both
+    unset otherwise). The common call adds nothing and copies nothing."""
+    if not stream and output_type is None:
+        return server
+    found = dict(server)
+    if stream:
+        found[semconv.GEN_AI_REQUEST_STREAM] = True
+    if output_type is not None:
+        found[semconv.GEN_AI_OUTPUT_TYPE] = output_type
+    return found
+
+
 class AICall:
     """The scope of one model call; use through ``ai_call()``. Record what comes back with
     ``record_response`` and, if known, ``record_confidence``.
@@ -78,25 +134,28 @@ class AICall:
         settings: Mapping[str, Any] | None,
         input_messages: Sequence[Mapping[str, Any]] | None,
         system_instructions: str | Sequence[Mapping[str, Any]] | None,
+        attributes: Mapping[str, Any] | None = None,
     ) -> None:
         name, base = _name_and_base(operation, provider, model)
-        attributes = base.copy()  # the cached dict itself is never handed out
+        found = base.copy()  # the cached dict itself is never handed out
+        if attributes:
+            found.update(attributes)  # what an instrumentor knows besides: server, stream, output type
         if conversation_id:
-            attributes[semconv.GEN_AI_CONVERSATION_ID] = conversation_id
+            found[semconv.GEN_AI_CONVERSATION_ID] = conversation_id
         if settings:
-            attributes.update(request_attributes(settings))
+            found.update(request_attributes(settings))
         if content.capture_content():
             if input_messages is not None:
-                attributes[semconv.GEN_AI_INPUT_MESSAGES] = content.messages_json(input_messages)
+                found[semconv.GEN_AI_INPUT_MESSAGES] = content.messages_json(input_messages)
             if system_instructions is not None:
                 parts = (
                     [{"type": "text", "content": system_instructions}]
                     if isinstance(system_instructions, str)
                     else system_instructions
                 )
-                attributes[semconv.GEN_AI_SYSTEM_INSTRUCTIONS] = content.messages_json(parts)
+                found[semconv.GEN_AI_SYSTEM_INSTRUCTIONS] = content.messages_json(parts)
         self._name = name
-        self._attributes = attributes
+        self._attributes = found
         self._token: object = None
         self.span: Span = trace.INVALID_SPAN
 
@@ -136,8 +195,12 @@ class AICall:
         input_tokens: int | None = None,
         output_tokens: int | None = None,
         output_messages: Sequence[Mapping[str, Any]] | None = None,
+        cache_read_input_tokens: int | None = None,
+        cache_creation_input_tokens: int | None = None,
     ) -> None:
-        """What the model answered. Unknown values are left out, never recorded as empty."""
+        """What the model answered. Unknown values are left out, never recorded as empty.
+        ``input_tokens`` counts every input token, those read from or written to a prompt cache
+        included (the GenAI conventions); the two cache counts are parts of it."""
         attributes: dict[str, Any] = {}
         if model:
             attributes[semconv.GEN_AI_RESPONSE_MODEL] = model
@@ -149,6 +212,10 @@ class AICall:
             attributes[semconv.GEN_AI_USAGE_INPUT_TOKENS] = int(input_tokens)
         if output_tokens is not None:
             attributes[semconv.GEN_AI_USAGE_OUTPUT_TOKENS] = int(output_tokens)
+        if cache_read_input_tokens is not None:
+            attributes[semconv.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS] = int(cache_read_input_tokens)
+        if cache_creation_input_tokens is not None:
+            attributes[semconv.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS] = int(cache_creation_input_tokens)
         if output_messages is not None and content.capture_content():
             attributes[semconv.GEN_AI_OUTPUT_MESSAGES] = content.messages_json(output_messages)
         if attributes:
@@ -196,6 +263,8 @@ def request_attributes(settings: Mapping[str, Any]) -> dict[str, Any]:
             value = [str(item) for item in value]
         elif not isinstance(value, (bool, int, float, str)):
             continue  # a sentinel such as openai's NOT_GIVEN
+        elif name == semconv.GEN_AI_REQUEST_TOP_K and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)  # a double in the conventions
         attributes[name] = value
     return attributes
 

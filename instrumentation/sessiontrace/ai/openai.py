@@ -1,15 +1,20 @@
 """The official OpenAI SDK, instrumented: every chat completion and Responses API call becomes an
-``AICall`` span (``chat {model}``, kind CLIENT, provider ``openai``), a child of the current span.
+``AICall`` span (``chat {model}``, kind CLIENT, provider ``openai``, ``azure.ai.openai`` through an
+Azure client, ``server.address``/``server.port`` from the client's base URL), a child of the current
+span.
 
-``OpenAIInstrumentor().instrument()`` wraps ``chat.completions.create`` (and ``parse``) and
-``responses.create``, sync and async. A streamed answer keeps its span open while the caller
+``OpenAIInstrumentor().instrument()`` wraps ``chat.completions.create`` and ``responses.create``
+(and both ``parse``), sync and async. A streamed answer keeps its span open while the caller
 iterates: the SDK's stream comes back inside a transparent proxy that notes the time to the first
 chunk, gathers finish reasons, tool calls, usage and token log-probabilities, and ends the span
 when the stream is exhausted, closed, left by its ``with`` block or garbage collected, whichever
-comes first (an abandoned stream keeps what was seen so far). A failed call ends its span with
-``error.type`` (the HTTP status for an API error, else the exception's class) and the exception
-propagates unchanged. Our own bookkeeping never raises into the application: a failure is logged
-once and the call goes on untraced.
+comes first (an abandoned stream keeps what was seen so far); the stream helpers
+(``chat.completions.stream()``, ``responses.stream()``) end it when they are closed. A failed call
+ends its span with ``error.type`` (the HTTP status for an API error, else the exception's class) and
+the exception propagates unchanged; so does a Responses stream ending with ``response.failed`` or
+an ``error`` event, which the SDK does not raise (``error.type``: the error's code). Our own
+bookkeeping never raises into the application: a failure is logged once and the call goes on
+untraced.
 
 Prompt and answer text is recorded only when content capture is on (``sessiontrace.ai.content``);
 images and audio become size markers, never their bytes.
@@ -39,10 +44,11 @@ from wrapt import ObjectProxy, wrap_function_wrapper
 from sessiontrace import semconv
 from sessiontrace._log import logger, warn_once
 from sessiontrace.ai import content
-from sessiontrace.ai.call import AICall
+from sessiontrace.ai.call import AICall, endpoint, request_extras
 from sessiontrace.ai.confidence import confidence_from_logprobs
 
 PROVIDER = "openai"
+AZURE_PROVIDER = "azure.ai.openai"
 CONFIDENCE_EXPLANATION = "geometric mean of token probabilities from logprobs"
 
 Message = dict[str, Any]
@@ -52,6 +58,8 @@ Part = dict[str, Any]
 # --- reading what the caller sent (dicts or models; ``_get``) and what the SDK answered (its models;
 # plain ``getattr``, the per-call and per-chunk path) ------------------------------------------------------
 def _get(value: Any, key: str) -> Any:
+    if value is None:  # an argument not given: skip the slow Mapping check below
+        return None
     if isinstance(value, dict):
         return value.get(key)
     found = getattr(value, key, None)
@@ -195,10 +203,36 @@ def _record_confidence(call: AICall, logprobs: list[float]) -> None:
         call.record_confidence(score, explanation=CONFIDENCE_EXPLANATION, name="confidence")
 
 
+_azure_clients: tuple[type, ...] = ()
+"""``openai``'s Azure client classes, found by ``instrument()``: their calls are ``azure.ai.openai``."""
+_providers: dict[type, str] = {}
+"""Provider per client class: an ``isinstance`` against the Azure classes once per class."""
+
+
+def _target(instance: Any) -> tuple[str, Mapping[str, Any]]:
+    """The provider and the ``server.*`` attributes of the client behind an SDK resource, both
+    computed once (per client class, per base URL) and looked up after."""
+    client = getattr(instance, "_client", None)
+    # _base_url: the public property imports a module on every read (openai 3.x), ~2 us a call
+    found = endpoint(getattr(client, "_base_url", None) or getattr(client, "base_url", None))
+    kind = type(client)
+    provider = _providers.get(kind)
+    if provider is None:
+        provider = _providers[kind] = AZURE_PROVIDER if issubclass(kind, _azure_clients) else PROVIDER
+    return provider, found.attributes if found is not None else {}
+
+
+def _output_type(kind: Any) -> str | None:
+    """``gen_ai.output.type`` of a requested format: a JSON object or schema, or plain text."""
+    if kind in ("json_object", "json_schema"):
+        return "json"
+    return "text" if kind == "text" else None
+
+
 class _Api:
     """How one OpenAI endpoint maps onto an ``AICall``: request, response, stream."""
 
-    def begin(self, kwargs: Mapping[str, Any], capture: bool) -> AICall:
+    def begin(self, kwargs: Mapping[str, Any], capture: bool, provider: str, server: Mapping[str, Any]) -> AICall:
         raise NotImplementedError
 
     def record(self, call: AICall, response: Any, capture: bool) -> None:
@@ -209,15 +243,19 @@ class _Api:
 
 
 class _Chat(_Api):
-    def begin(self, kwargs: Mapping[str, Any], capture: bool) -> AICall:
+    def begin(self, kwargs: Mapping[str, Any], capture: bool, provider: str, server: Mapping[str, Any]) -> AICall:
+        response_format = kwargs.get("response_format")
+        # parse() takes a pydantic model class: structured output, JSON
+        output_type = "json" if isinstance(response_format, type) else _output_type(_get(response_format, "type"))
         return AICall(
             model=_str(kwargs.get("model")) or "unknown",
-            provider=PROVIDER,
+            provider=provider,
             operation="chat",
             conversation_id=None,
             settings=kwargs,  # request_attributes() picks the settings it knows and skips NOT_GIVEN
             input_messages=_chat_input(kwargs.get("messages")) if capture else None,
             system_instructions=None,  # OpenAI sends them as messages; they stay in the input messages
+            attributes=request_extras(server, stream=kwargs.get("stream") is True, output_type=output_type),
         )
 
     def record(self, call: AICall, response: Any, capture: bool) -> None:
@@ -303,19 +341,30 @@ def _responses_logprobs(response: Any) -> list[float]:
     return values
 
 
+def _conversation_id(conversation: Any) -> str | None:
+    """The Responses API ``conversation``: its id, or an object with one."""
+    return _str(conversation) or _str(_get(conversation, "id"))
+
+
 class _Responses(_Api):
-    def begin(self, kwargs: Mapping[str, Any], capture: bool) -> AICall:
+    def begin(self, kwargs: Mapping[str, Any], capture: bool, provider: str, server: Mapping[str, Any]) -> AICall:
         settings = {key: kwargs.get(key) for key in ("temperature", "top_p")}
         settings["max_tokens"] = kwargs.get("max_output_tokens")
         instructions = kwargs.get("instructions")
+        # parse() takes a pydantic model class as text_format; create() a format in text.format
+        text_format = kwargs.get("text_format")
+        output_type = (
+            "json" if isinstance(text_format, type) else _output_type(_get(_get(kwargs.get("text"), "format"), "type"))
+        )
         return AICall(
             model=_str(kwargs.get("model")) or "unknown",
-            provider=PROVIDER,
+            provider=provider,
             operation="chat",
-            conversation_id=None,
+            conversation_id=_conversation_id(kwargs.get("conversation")),
             settings=settings,
             input_messages=_responses_input(kwargs.get("input")) if capture else None,
             system_instructions=instructions if capture and isinstance(instructions, str) else None,
+            attributes=request_extras(server, stream=kwargs.get("stream") is True, output_type=output_type),
         )
 
     def record(self, call: AICall, response: Any, capture: bool) -> None:
@@ -330,6 +379,9 @@ class _Responses(_Api):
             output_messages=_responses_output(response, finish_reason) if capture else None,
         )
         _record_confidence(call, _responses_logprobs(response))
+        if getattr(response, "status", None) == "failed":  # a 200 with a failed response: the SDK raises nothing
+            error = getattr(response, "error", None)
+            call.fail(_str(getattr(error, "code", None)) or "response.failed", _str(getattr(error, "message", None)))
 
     def stream_scope(self, call: AICall, started: float, capture: bool) -> _StreamScope:
         return _ResponsesStream(call, started, capture)
@@ -450,16 +502,22 @@ class _ChatStream(_StreamScope):
 
 class _ResponsesStream(_StreamScope):
     """Responses API events: ``response.created`` names the response, the terminal event
-    (``response.completed``, ``.incomplete`` or ``.failed``) carries it whole."""
+    (``response.completed``, ``.incomplete`` or ``.failed``) carries it whole. A ``response.failed``
+    or an ``error`` event ends the stream without an exception: the span fails all the same."""
 
-    __slots__ = ("response", "terminal")
+    __slots__ = ("error", "response", "terminal")
 
     def __init__(self, call: AICall, started: float, capture: bool) -> None:
         super().__init__(call, started, capture)
         self.response: Any = None
         self.terminal = False
+        self.error: tuple[str, str | None] | None = None
 
     def absorb(self, chunk: Any) -> None:
+        if getattr(chunk, "type", None) == "error":
+            code = _str(getattr(chunk, "code", None)) or "error"
+            self.error = (code, _str(getattr(chunk, "message", None)))
+            return
         response = getattr(chunk, "response", None)
         if response is not None:
             self.response = response
@@ -471,11 +529,13 @@ class _ResponsesStream(_StreamScope):
 
     def record(self) -> None:
         if self.terminal:
-            _RESPONSES.record(self.call, self.response, self.capture)
+            _RESPONSES.record(self.call, self.response, self.capture)  # fails the call on response.failed
         elif self.response is not None:  # abandoned: only what the first event told
             self.call.record_response(
                 model=_str(getattr(self.response, "model", None)), response_id=_str(getattr(self.response, "id", None))
             )
+        if self.error is not None:
+            self.call.fail(*self.error)
 
 
 class _TracedStream(ObjectProxy[Any]):
@@ -577,9 +637,9 @@ def _bookkeeping_failed() -> None:
     logger.debug("sessiontrace: OpenAI bookkeeping failed", exc_info=True)
 
 
-def _begin(api: _Api, kwargs: Mapping[str, Any], capture: bool) -> AICall | None:
+def _begin(api: _Api, instance: Any, kwargs: Mapping[str, Any], capture: bool) -> AICall | None:
     try:
-        return api.begin(kwargs, capture).start()
+        return api.begin(kwargs, capture, *_target(instance)).start()
     except Exception:
         _bookkeeping_failed()
         return None
@@ -627,7 +687,7 @@ Wrapper = Callable[[Callable[..., Any], Any, tuple[Any, ...], dict[str, Any]], A
 def _sync_wrapper(api: _Api, stream_type: type) -> Wrapper:
     def traced(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         capture = content.capture_content()
-        call = _begin(api, kwargs, capture)
+        call = _begin(api, instance, kwargs, capture)
         if call is None:
             return wrapped(*args, **kwargs)
         started = time.perf_counter()
@@ -650,7 +710,7 @@ def _sync_wrapper(api: _Api, stream_type: type) -> Wrapper:
 def _async_wrapper(api: _Api, stream_type: type) -> Wrapper:
     async def traced(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         capture = content.capture_content()
-        call = _begin(api, kwargs, capture)
+        call = _begin(api, instance, kwargs, capture)
         if call is None:
             return await wrapped(*args, **kwargs)
         started = time.perf_counter()
@@ -680,7 +740,44 @@ _TARGETS: tuple[tuple[str, str, str, _Api, bool, bool], ...] = (
     ("openai.resources.chat.completions", "AsyncCompletions", "parse", _CHAT, True, False),
     ("openai.resources.responses", "Responses", "create", _RESPONSES, False, True),
     ("openai.resources.responses", "AsyncResponses", "create", _RESPONSES, True, True),
+    ("openai.resources.responses", "Responses", "parse", _RESPONSES, False, False),
+    ("openai.resources.responses", "AsyncResponses", "parse", _RESPONSES, True, False),
 )
+
+# The stream helpers (``chat.completions.stream()``, ``responses.stream()``) read our proxy but
+# close only its HTTP response, so their close (and the ``with`` exit, which calls it) ends the span.
+# (module, class, is async); left alone when missing.
+_HELPERS: tuple[tuple[str, str, bool], ...] = (
+    ("openai.lib.streaming.chat._completions", "ChatCompletionStream", False),
+    ("openai.lib.streaming.chat._completions", "AsyncChatCompletionStream", True),
+    ("openai.lib.streaming.responses._responses", "ResponseStream", False),
+    ("openai.lib.streaming.responses._responses", "AsyncResponseStream", True),
+)
+
+
+def _finish_helper(helper: Any) -> None:
+    try:
+        raw = getattr(helper, "_raw_stream", None)  # our proxy when the helper's create() was traced
+        if isinstance(raw, (_TracedStream, _TracedAsyncStream)):
+            raw._self_scope.finish()
+    except Exception:
+        _bookkeeping_failed()
+
+
+def _close_helper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    try:
+        return wrapped(*args, **kwargs)
+    finally:
+        _finish_helper(instance)
+
+
+async def _close_helper_async(
+    wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    try:
+        return await wrapped(*args, **kwargs)
+    finally:
+        _finish_helper(instance)
 
 
 _patched: list[tuple[type, str]] = []
@@ -708,6 +805,11 @@ class OpenAIInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     def _instrument(self, **kwargs: Any) -> None:
         import openai
 
+        global _azure_clients
+        _azure_clients = tuple(
+            cls for cls in (getattr(openai, "AzureOpenAI", None), getattr(openai, "AsyncAzureOpenAI", None)) if cls
+        )
+        _providers.clear()
         patched: list[tuple[type, str]] = []
         for module, owner, method, api, is_async, required in _TARGETS:
             cls = _find(module, owner, method)
@@ -725,6 +827,11 @@ class OpenAIInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             wrapper = _async_wrapper(api, openai.AsyncStream) if is_async else _sync_wrapper(api, openai.Stream)
             wrap_function_wrapper(cls, method, wrapper)
             patched.append((cls, method))
+        for module, owner, is_async in _HELPERS:
+            cls = _find(module, owner, "close")
+            if cls is not None:
+                wrap_function_wrapper(cls, "close", _close_helper_async if is_async else _close_helper)
+                patched.append((cls, "close"))
         _patched[:] = patched
 
     def _uninstrument(self, **kwargs: Any) -> None:
