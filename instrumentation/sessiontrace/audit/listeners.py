@@ -71,8 +71,9 @@ def enable_auditing(
 ) -> None:
     """Audit every change that sessions of ``target`` make to ``Audited`` classes.
 
-    Each insert, update and delete, by the unit of work (cascades included) or by an ORM-enabled
-    ``insert()`` / ``update()`` / ``delete()`` / upsert statement, writes one row to
+    Each insert, update and delete, by the unit of work (cascades included), by an ORM-enabled
+    ``insert()`` / ``update()`` / ``delete()`` / upsert statement or by the legacy
+    ``bulk_insert_mappings`` / ``bulk_update_mappings`` / ``bulk_save_objects``, writes one row to
     ``audit_table`` in the same transaction and adds a ``DB_CHANGE_EVENT`` to the current span.
 
     ``exclude`` and ``mask`` map table names to column names: excluded columns are not recorded at
@@ -98,4 +99,8 @@ def enable_auditing(
     event.listen(session_class, "before_flush", partial(flush.before_flush, auditor))
     event.listen(session_class, "after_flush", flush.after_flush)
     event.listen(session_class, "do_orm_execute", partial(statements.do_orm_execute, auditor))
+    # The legacy bulk methods fire no event: they are replaced on the class, as the events are
+    # attached to it (a sessionmaker's class is its own subclass).
+    for name, method in statements.audited_bulk_methods(auditor, session_class).items():
+        setattr(session_class, name, method)
     _enabled[session_class] = auditor
