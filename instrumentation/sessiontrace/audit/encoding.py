@@ -4,7 +4,8 @@ The audit log keeps ``previous_values`` / ``new_values`` as JSON so a verifier, 
 ``revert`` can read them without our Python types. Each value is encoded so that the column's
 type alone decodes it again: ``Decimal`` as a string (a JSON number would round), aware datetimes
 as ISO 8601 with their offset, ``date`` / ``time`` as ISO, ``UUID`` as text, bytes as base64,
-``Enum`` members by name, floats as numbers. Anything else raises ``AuditEncodingError`` naming
+enum members as the column stores them (by name in an ``Enum`` column, by value in a plain
+``String`` / ``Integer`` one), floats as numbers. Anything else raises ``AuditEncodingError`` naming
 ``table.column``: a change whose audit would lose information is refused, not recorded vaguely.
 """
 
@@ -39,6 +40,17 @@ a quarter of each call (an ORM flush encodes four values per change)."""
 def canonical_json(value: JsonValue) -> str:
     """The one JSON text we write and hash: sorted keys, no spaces, UTF-8 kept as is."""
     return _CANONICAL.encode(value)
+
+
+def same_encoded(first: JsonValue, second: JsonValue) -> bool:
+    """Whether two encoded values have the same canonical JSON: ``True`` and ``1``, ``1`` and ``1.0``
+    are different values (Python's ``==`` says they are equal)."""
+    kind = type(first)
+    if kind is not type(second):
+        return False
+    if kind is str or kind is int or kind is bool or first is None:
+        return bool(first == second)
+    return canonical_json(first) == canonical_json(second)
 
 
 def _identity(value: Any) -> Any:
@@ -77,22 +89,37 @@ _ENCODERS: dict[type, Callable[[Any], Any]] = {
 }
 
 
-def encode_value(value: Any, where: str) -> JsonValue:
+def stores_enum_names(column: Column[Any]) -> bool:
+    """Whether ``column`` stores an enum member by name: an ``Enum`` column with an enum class (an
+    ``ARRAY`` of them too). Any other column given a member stores its value (``StrEnum`` in a
+    ``String`` column, ``IntEnum`` in an ``Integer`` one, members inside JSON)."""
+    column_type = column.type
+    if isinstance(column_type, types.TypeDecorator):
+        column_type = column_type.impl_instance
+    if isinstance(column_type, types.ARRAY):
+        column_type = column_type.item_type
+        if isinstance(column_type, types.TypeDecorator):
+            column_type = column_type.impl_instance
+    return isinstance(column_type, types.Enum) and column_type.enum_class is not None
+
+
+def encode_value(value: Any, where: str, *, enum_names: bool = True) -> JsonValue:
     """``value`` as a JSON value; ``AuditEncodingError`` naming ``where`` (``table.column``) if it
-    cannot be encoded losslessly."""
+    cannot be encoded losslessly. Enum members are encoded by name when ``enum_names`` (what an
+    ``Enum`` column stores, see ``stores_enum_names``), else by value."""
     encoder = _ENCODERS.get(type(value))
     try:
         if encoder is not None:
             return encoder(value)
         if isinstance(value, enum.Enum):
-            return value.name
+            return value.name if enum_names else encode_value(value.value, where, enum_names=False)
         for kind, subclass_encoder in _ENCODERS.items():  # subclasses (str enums are caught above)
             if isinstance(value, kind):
                 return subclass_encoder(value)
         if isinstance(value, (list, tuple)):  # ARRAY and JSON columns
-            return [encode_value(item, where) for item in value]
+            return [encode_value(item, where, enum_names=enum_names) for item in value]
         if isinstance(value, dict) and all(isinstance(k, str) for k in value):  # JSON columns
-            return {k: encode_value(v, where) for k, v in value.items()}
+            return {k: encode_value(v, where, enum_names=enum_names) for k, v in value.items()}
     except AuditEncodingError:
         raise
     except ValueError as exc:

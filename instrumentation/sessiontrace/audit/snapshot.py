@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, select, tuple_
+from sqlalchemy import ColumnElement, Connection, and_, select, tuple_
 
 from sessiontrace.audit.plan import Field, TablePlan
 
@@ -56,3 +56,34 @@ def select_by_pk(connection: Connection, plan: TablePlan, values: Collection[PkV
     for start in range(0, len(ordered), step):
         found.update(_rows(connection, plan, pk_condition(plan.pk, ordered[start : start + step]), lock))
     return found
+
+
+def select_requested(connection: Connection, plan: TablePlan, values: Collection[PkValues]) -> Rows:
+    """The rows with these primary key values, by the values *as given* (``select_by_pk`` keys them
+    as the database returns them, which may differ: ``CHAR(n)`` padded, UUID text lower-cased).
+
+    One SELECT; a key that matches no returned row as given is matched by ``TablePlan.key_form``,
+    and one that still matches none is read on its own, compared by the database itself (a
+    collation or type our forms do not know). Missing rows are simply absent."""
+    requested = list(dict.fromkeys(values))
+    found = select_by_pk(connection, plan, requested)
+    rows: Rows = {}
+    unmatched: list[PkValues] = []
+    for key in requested:
+        row = found.get(key)
+        if row is None:
+            unmatched.append(key)
+        else:
+            rows[key] = row
+    if not unmatched:
+        return rows
+    dialect = connection.dialect
+    by_form = {plan.key_form(key, dialect): row for key, row in found.items()}
+    for key in unmatched:
+        row = by_form.get(plan.key_form(key, dialect))
+        if row is None:
+            one = _rows(connection, plan, and_(*(f.column == v for f, v in zip(plan.pk, key, strict=True))), False)
+            row = next(iter(one.values())) if len(one) == 1 else None
+        if row is not None:
+            rows[key] = row
+    return rows
