@@ -73,6 +73,16 @@ def _orm_bulk_statements(maker: sessionmaker[Session], n: int) -> None:
         db.execute(delete(Order).where(Order.id == n))
 
 
+def _legacy_bulk_methods(maker: sessionmaker[Session], n: int) -> None:
+    with maker.begin() as db:
+        db.bulk_insert_mappings(Order, [{"id": n, "status": "new", "total": Decimal("1.00")}])
+        db.bulk_update_mappings(Order, [{"id": n, "status": "paid"}])
+    with maker.begin() as db:
+        order = db.get_one(Order, n)
+        order.status = "shipped"
+        db.bulk_save_objects([order])
+
+
 def _upsert(maker: sessionmaker[Session], n: int) -> None:
     for status in ("new", "paid"):  # the first inserts, the second updates
         statement = pg_insert(Order).values(id=n, status=status, total=Decimal("1.00"))
@@ -119,6 +129,12 @@ COVERAGE: list[tuple[str, Path, list[tuple[str, str]], list[tuple[str, str]]]] =
         _orm_bulk_statements,
         [("cov_orders", "insert"), ("cov_orders", "update"), ("cov_orders", "delete")],
         [("cov_orders", "insert"), ("cov_orders", "update"), ("cov_orders", "delete")],
+    ),
+    (
+        "legacy Session.bulk_* methods",
+        _legacy_bulk_methods,
+        [("cov_orders", "insert"), ("cov_orders", "update"), ("cov_orders", "update")],
+        [("cov_orders", "insert"), ("cov_orders", "update"), ("cov_orders", "update")],
     ),
     (
         "upsert",
