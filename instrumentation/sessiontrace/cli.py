@@ -181,7 +181,7 @@ def setup(
 
     try:
         parsed = make_url(url)
-    except ArgumentError:
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
         _fail("--db is not a database URL (postgresql://user@host:5432/dbname)", EXIT_USAGE)
     if parsed.get_backend_name() != "postgresql":
         _fail(f"--db must be a PostgreSQL URL, not {parsed.get_backend_name()}", EXIT_USAGE)
@@ -591,7 +591,7 @@ def _audit_engine(url: str) -> tuple[Engine, str]:
 
     try:
         parsed = make_url(url)
-    except ArgumentError:
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
         _fail("--db is not a database URL (postgresql://user@host:5432/dbname or sqlite:///file)", EXIT_USAGE)
     backend = parsed.get_backend_name()
     if backend not in ("postgresql", "sqlite"):

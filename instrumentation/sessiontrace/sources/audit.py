@@ -39,7 +39,7 @@ def database_url(text: str) -> URL:
         return URL.create("sqlite", database=str(Path(text).expanduser().resolve()))
     try:
         url = make_url(text)
-    except ArgumentError:
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
         raise AuditLogError(f"not a database URL or file: {text}") from None
     if url.drivername == "postgresql":
         url = url.set(drivername="postgresql+psycopg")

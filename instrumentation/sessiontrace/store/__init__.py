@@ -7,9 +7,11 @@ from sessiontrace.store._errors import (
     StoreBusy,
     StoreCorrupt,
     StoreError,
+    StoreForeign,
     StoreNotFound,
     StoreNotWritable,
     StoreTooNew,
+    StoreUnavailable,
 )
 from sessiontrace.store._exporter import StoreSpanExporter
 from sessiontrace.store._paths import default_store_path, fallback_store_path
@@ -23,10 +25,12 @@ __all__ = [
     "StoreBusy",
     "StoreCorrupt",
     "StoreError",
+    "StoreForeign",
     "StoreNotFound",
     "StoreNotWritable",
     "StoreSpanExporter",
     "StoreTooNew",
+    "StoreUnavailable",
     "StoredEvent",
     "StoredLink",
     "StoredSpan",

@@ -2,6 +2,8 @@
 
 Attribute values are JSON: tuples become lists, and a value JSON cannot hold (bytes, or anything
 an instrumentation smuggled past the SDK) is written as text rather than failing the batch.
+Text SQLite cannot hold as UTF-8 (lone surrogates, e.g. a file name decoded with surrogateescape)
+is escaped by ``scrub_rows``, which the store calls only for a batch that failed on it.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -112,7 +115,7 @@ class Encoder:
         if known is not None:
             return known[1], known[2]
         attributes = to_json(dict(resource.attributes))
-        key = hashlib.blake2b(attributes.encode(), digest_size=16).hexdigest()
+        key = hashlib.blake2b(attributes.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
         service = resource.attributes.get(_SERVICE_NAME)
         service_name = str(service) if service is not None else None
         if len(self._resources) > 256:  # a process has a handful; never let this grow unbounded
@@ -230,4 +233,45 @@ def _links(links: Iterable[Any]) -> str:
             }
             for link in links
         ]
+    )
+
+
+# -- text SQLite cannot store --------------------------------------------------------------------
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _escape(match: re.Match[str], backslash: str) -> str:
+    code = ord(match.group())
+    # surrogateescape's U+DC80..U+DCFF stand for the undecodable bytes 0x80..0xFF: show the byte.
+    return f"{backslash}x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"{backslash}u{code:04x}"
+
+
+def _text(value: str) -> str:
+    return _SURROGATE.sub(lambda m: _escape(m, "\\"), value)
+
+
+def _json_text(value: str) -> str:
+    # A surrogate in JSON text sits inside a string literal: its backslash must be escaped too.
+    return _SURROGATE.sub(lambda m: _escape(m, "\\\\"), value)
+
+
+def _scrub(row: tuple[Any, ...], json_columns: frozenset[int]) -> Any:
+    return tuple(
+        (_json_text(v) if i in json_columns else _text(v)) if isinstance(v, str) else v for i, v in enumerate(row)
+    )
+
+
+_SPAN_JSON = frozenset({11, 12, 13})
+_RESOURCE_JSON = frozenset({2})
+_SESSION_JSON = frozenset({10})
+
+
+def scrub_rows(
+    rows: list[SpanRow], resources: list[ResourceRow], sessions: list[SessionRow]
+) -> tuple[list[SpanRow], list[ResourceRow], list[SessionRow]]:
+    """The rows with every lone surrogate written as a visible escape (``\\xff``), so they encode."""
+    return (
+        [_scrub(row, _SPAN_JSON) for row in rows],
+        [_scrub(row, _RESOURCE_JSON) for row in resources],
+        [_scrub(row, _SESSION_JSON) for row in sessions],
     )

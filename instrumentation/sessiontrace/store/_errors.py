@@ -1,7 +1,8 @@
 """Why a store cannot be opened, in words a user can act on.
 
 The subclasses let the exporter pick a fallback (move a corrupt file aside, write elsewhere when
-the path is read-only); readers just print the message.
+the path is read-only, retry when the disk is full) or leave a file alone (another program's
+database, a newer schema); readers just print the message.
 """
 
 from __future__ import annotations
@@ -25,6 +26,10 @@ class StoreCorrupt(StoreError):
     """The file is not a SQLite database, is damaged, or is some other program's database."""
 
 
+class StoreForeign(StoreCorrupt):
+    """The file is a readable SQLite database, but another program's: it must never be moved or written."""
+
+
 class StoreTooNew(StoreError):
     """The store was written by a newer sessiontrace with a schema this version cannot read."""
 
@@ -35,3 +40,7 @@ class StoreNotWritable(StoreError):
 
 class StoreBusy(StoreError):
     """Another process held the store's write lock for longer than we wait; it may free up later."""
+
+
+class StoreUnavailable(StoreError):
+    """The disk is full or failed an I/O, or the file vanished while being opened: it may pass."""

@@ -1,7 +1,8 @@
 """The store's tables, and the check that a file holds a schema this version understands.
 
 ``PRAGMA application_id`` marks the file as ours, so another program's SQLite file is refused
-rather than written into; ``PRAGMA user_version`` is the schema version.
+(``StoreForeign``) rather than written into or moved aside; ``PRAGMA user_version`` is the schema
+version.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from sessiontrace.store._errors import StoreCorrupt, StoreTooNew
+from sessiontrace.store._errors import StoreCorrupt, StoreForeign, StoreTooNew
 
 APPLICATION_ID = 0x53545243  # "STRC"
 SCHEMA_VERSION = 1
@@ -66,6 +67,26 @@ def not_a_store(path: Path) -> StoreCorrupt:
     return StoreCorrupt(f"this file is not a sessiontrace store (file is corrupt or another format): {path}", path)
 
 
+def foreign(path: Path) -> StoreForeign:
+    return StoreForeign(
+        f"{path} is another program's SQLite database, not a sessiontrace store: left untouched; "
+        "point SESSIONTRACE_STORE at another file",
+        path,
+    )
+
+
+def refuse_foreign(conn: sqlite3.Connection, path: Path) -> None:
+    """Raise ``StoreForeign`` for a readable SQLite file that someone else marked or filled.
+
+    Called before the store switches the file to WAL: even that would change another program's file.
+    """
+    app_id, version = _marks(conn)
+    if app_id != APPLICATION_ID and (
+        app_id != 0 or version != 0 or conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchone()
+    ):
+        raise foreign(path)
+
+
 def check_schema(conn: sqlite3.Connection, path: Path, *, create: bool) -> None:
     """Raise unless ``conn`` holds our schema; with ``create``, set up an empty file first.
 
@@ -80,7 +101,7 @@ def check_schema(conn: sqlite3.Connection, path: Path, *, create: bool) -> None:
             if app_id == 0 and version == 0:
                 tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
                 if tables:
-                    raise not_a_store(path)
+                    raise foreign(path)
                 for statement in _DDL.split(";"):
                     if statement.strip():
                         conn.execute(statement)
@@ -92,6 +113,7 @@ def check_schema(conn: sqlite3.Connection, path: Path, *, create: bool) -> None:
             conn.execute("ROLLBACK")
             raise
     if app_id != APPLICATION_ID:
+        refuse_foreign(conn, path)
         raise not_a_store(path)
     if version > SCHEMA_VERSION:
         raise StoreTooNew(

@@ -9,6 +9,9 @@ SQLite skips the busy handler where waiting could deadlock, and opening a new fi
 place: two processes switching it to WAL at once each hold a read lock and want the write lock,
 and one is told "database is locked" at once. Opening therefore retries on its own, with backoff,
 for as long as ``busy_timeout`` would have waited.
+
+A full disk or an I/O error is reported as ``StoreUnavailable``: it may pass, so the exporter
+retries rather than giving up on the store.
 """
 
 from __future__ import annotations
@@ -27,12 +30,12 @@ from typing import Any
 from opentelemetry.sdk.trace import ReadableSpan
 
 from sessiontrace.records import SessionSummary, StoredEvent, StoredLink, StoredSpan
-from sessiontrace.store._encode import Encoder, SessionRow
-from sessiontrace.store._errors import StoreBusy, StoreError, StoreNotFound, StoreNotWritable
-from sessiontrace.store._schema import check_schema, not_a_store
+from sessiontrace.store._encode import Encoder, ResourceRow, SessionRow, SpanRow, scrub_rows
+from sessiontrace.store._errors import StoreBusy, StoreError, StoreNotFound, StoreNotWritable, StoreUnavailable
+from sessiontrace.store._schema import check_schema, not_a_store, refuse_foreign
 
 BUSY_TIMEOUT_MS = 10_000
-_SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
+_SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_IOERR, _SQLITE_FULL = 5, 6, 10, 13
 
 _KINDS = ("INTERNAL", "SERVER", "CLIENT", "PRODUCER", "CONSUMER")
 _STATUSES = ("UNSET", "OK", "ERROR")
@@ -133,6 +136,7 @@ class SpanStore:
             raise StoreNotWritable(f"cannot open the store {path}: {exc}", path) from exc
         try:
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            refuse_foreign(conn, path)
             if not self.readonly:
                 mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
                 if str(mode).lower() != "wal":
@@ -159,6 +163,14 @@ class SpanStore:
         if not spans:
             return
         rows, resources, sessions = self._encoder.encode(spans)
+        try:
+            self._insert(rows, resources, sessions)
+        except UnicodeEncodeError:
+            # A lone surrogate (a non-UTF-8 file name from os.listdir) cannot be stored as UTF-8.
+            # Rare, so the batch is scrubbed only then, not on every export; the rest is kept.
+            self._insert(*scrub_rows(rows, resources, sessions))
+
+    def _insert(self, rows: list[SpanRow], resources: list[ResourceRow], sessions: list[SessionRow]) -> None:
         with self._lock:
             conn = self._conn
             try:
@@ -175,7 +187,8 @@ class SpanStore:
                         conn.executemany(_UPSERT_SESSION, sessions)
                     conn.execute("COMMIT")
                 except BaseException:
-                    conn.execute("ROLLBACK")
+                    if conn.in_transaction:  # SQLite already rolled back after e.g. a full disk
+                        conn.execute("ROLLBACK")
                     raise
             except sqlite3.DatabaseError as exc:
                 raise _classify(exc, self.path) from exc
@@ -272,6 +285,10 @@ def _is_busy(exc: sqlite3.OperationalError) -> bool:
 def _classify(exc: sqlite3.DatabaseError, path: Path) -> StoreError:
     message = str(exc)
     lowered = message.lower()
+    code = getattr(exc, "sqlite_errorcode", None)
+    primary = code & 0xFF if code is not None else None
+    if primary in (_SQLITE_FULL, _SQLITE_IOERR) or "disk is full" in lowered or "disk i/o error" in lowered:
+        return StoreUnavailable(f"cannot use the store {path} for now: {message}", path)
     if "readonly" in lowered or "read-only" in lowered or "unable to open" in lowered:
         return StoreNotWritable(f"cannot write the store {path}: {message}", path)
     if isinstance(exc, sqlite3.OperationalError) and _is_busy(exc):
