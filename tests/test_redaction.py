@@ -163,6 +163,8 @@ _FRAGMENTS = [
     *"@ eyJ sk- sk_ AKIA ASIA ghp_ github_ xoxb- AIza password PassWord api_key token Auth : = :// \" '".split(),  # noqa: SIM905
     *"+ ( ) - . _ 0 1 4 9 12 415 555-0132 4111 1111 AB GB DE89 Z a é 中 😀 0123456789 2024-01-15".split(),  # noqa: SIM905
     *(" ", "  ", "    ", "\t", "\n", "\u212a", "\u0130", "\u00a0", "Bearer ", "Basic ", "x" * 30),
+    # Card runs next to other digits, and JSON escapes (captured content is JSON text).
+    *("4111 1111 1111 1111 12/27", "4111111111111111 123", "2 ", "09 28", "\\n", "\\t", '\\"', "\\\\", "o'"),
 ]
 
 

@@ -216,6 +216,7 @@ def configure(
         # First, before the application's exporting processors (and ours, added below).
         install_redaction(provider, redactor)
         install_log_redaction(redactor)
+        _redact_later_logger_providers(redactor)
         if not _has_processor(provider, SessionSpanProcessor):
             provider.add_span_processor(SessionSpanProcessor())
         installed = _our_exporting(provider)
@@ -334,6 +335,52 @@ def _stamp_otel_logs() -> None:
                     multi._log_record_processors = (ours, *multi._log_record_processors)  # type: ignore[union-attr]
             else:
                 provider.add_log_record_processor(ours)  # type: ignore[arg-type]
+
+
+_log_redactor: Redactor | None = None
+"""The redactor of the last ``configure()``: what a ``LoggerProvider`` registered after it gets."""
+_log_hook_installed = False
+
+
+def _redact_later_logger_providers(redactor: Redactor | None) -> None:
+    """Redact the log records of an SDK ``LoggerProvider`` registered *after* ``configure()`` too
+    (logging is often set up after tracing). The API has no hook for that: the module function
+    that ``set_logger_provider()`` (and the ``OTEL_PYTHON_LOGGER_PROVIDER`` path) calls is wrapped,
+    once per process. If the API's internals differ, a warning says so once. Called under ``_lock``."""
+    global _log_redactor, _log_hook_installed
+    _log_redactor = redactor
+    if _log_hook_installed or redactor is None:
+        return
+    try:
+        from opentelemetry._logs import _internal
+    except ImportError:  # pragma: no cover - an API without logs
+        return
+    original = getattr(_internal, "_set_logger_provider", None)
+    if not callable(original):
+        warn_once(
+            "config:logs-later",
+            "sessiontrace: cannot watch for a LoggerProvider set after configure(); its log records will "
+            "NOT be redacted: set it before configure(), or call install_log_redaction(redactor, provider)",
+        )
+        return
+
+    def _set_logger_provider(*args: Any, **kwargs: Any) -> Any:
+        result = original(*args, **kwargs)
+        if _log_redactor is not None:
+            try:
+                install_log_redaction(_log_redactor)
+            except Exception as error:  # never break the application's logging setup
+                warn_once(
+                    "config:logs-later-failed",
+                    "sessiontrace: could not install log redaction on the new LoggerProvider (%s: %s); "
+                    "its log records are NOT redacted",
+                    type(error).__name__,
+                    error,
+                )
+        return result
+
+    _internal._set_logger_provider = _set_logger_provider
+    _log_hook_installed = True
 
 
 def _redactor(redaction: bool | Redactor | None, read: _Reader) -> Redactor | None:

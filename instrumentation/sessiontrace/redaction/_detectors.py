@@ -61,6 +61,17 @@ def _extend_left(text: str, index: int, allowed: frozenset[str], limit: int) -> 
 
 # --- validators: (text, match start, match end) -> start of the value to redact, or None ---------------
 
+_JSON_ESCAPES: Final = frozenset("nrt")
+"""The letters of the JSON escapes ``\\n``, ``\\r``, ``\\t``: captured content is JSON text, where a
+line break is a backslash and an ``n``. After a backslash they separate, like the blank they stand for."""
+
+
+def _after_word(text: str, index: int) -> bool:
+    """Whether ``text[index]`` continues a word (a JSON escape such as ``\\n`` does not)."""
+    if index == 0 or text[index - 1] not in _WORD:
+        return False
+    return not (text[index - 1] in _JSON_ESCAPES and index > 1 and text[index - 2] == "\\")
+
 
 _DOUBLED: Final = (0, 2, 4, 6, 8, 1, 3, 5, 7, 9)
 """Luhn: a doubled digit, with the digits of the product summed."""
@@ -91,18 +102,28 @@ def iban_checksum(iban: str) -> bool:
 
 
 _SEPARATORS: Final = str.maketrans("", "", " .-()+")
+_CARD_SEPARATORS: Final = frozenset(" -")
 
 
 def _digits(text: str) -> str:
     return text.translate(_SEPARATORS)  # the regexes allow no other character between digits
 
 
-def _card(text: str, start: int, end: int) -> int | None:
-    digits = _digits(text[start:end])
+def _is_card(digits: str) -> bool:
     # Issuer prefixes 2-6 (Mastercard 2-series, Amex/Diners/JCB, Visa, Mastercard, Discover/UnionPay/
     # Maestro) keep epoch-millisecond timestamps and other long numbers starting 1, 7, 8, 9 or 0 out.
-    if 13 <= len(digits) <= 19 and digits[0] in "23456" and luhn(digits):
+    return 13 <= len(digits) <= 19 and digits[0] in "23456" and luhn(digits)
+
+
+def _card(text: str, start: int, end: int) -> int | tuple[int, int] | None:
+    if _is_card(_digits(text[start:end])):
         return start
+    # The run may hold a card and more digits after a separator (an expiry, a CVV): its pieces
+    # that end at a separator, longest first. (Digits before the card are another start: the
+    # scan resumes at the run's next separator.)
+    for stop in range(end - 1, start, -1):
+        if text[stop] in _CARD_SEPARATORS and _is_card(_digits(text[start:stop])):
+            return start, stop
     return None
 
 
@@ -136,7 +157,7 @@ def _phone(text: str, start: int, end: int) -> int | None:
 
 def _iban(text: str, start: int, end: int) -> int | None:
     begin = start - 2  # the shape starts after the country code
-    if begin < 0 or (begin and text[begin - 1] in _WORD):
+    if begin < 0 or _after_word(text, begin):
         return None
     iban = text[begin:end].replace(" ", "")
     return begin if 15 <= len(iban) <= 34 and iban_checksum(iban) else None
@@ -149,7 +170,7 @@ _NINO_SECOND: Final = frozenset("ABCEGHJKLMNPRSTWXYZ")  # nor O
 
 def _nino(text: str, start: int, end: int) -> int | None:
     begin = start - 3 if text[start - 1 : start] == " " else start - 2
-    if begin < 0 or (begin and text[begin - 1] in _WORD):
+    if begin < 0 or _after_word(text, begin):
         return None
     prefix = text[begin : begin + 2]
     if prefix[0] in _NINO_FIRST and prefix[1] in _NINO_SECOND and prefix not in _NINO_INVALID_PREFIXES:
@@ -157,7 +178,7 @@ def _nino(text: str, start: int, end: int) -> int | None:
     return None
 
 
-_LOCAL_PART_REVERSED: Final = re.compile(r"[\w.%+-]{1,64}")
+_LOCAL_PART_REVERSED: Final = re.compile(r"[\w.%+'-]{1,64}")
 
 
 def _email(text: str, start: int, end: int) -> int | None:
@@ -166,7 +187,9 @@ def _email(text: str, start: int, end: int) -> int | None:
     if local is None:
         return None
     begin = start - local.end()
-    while begin < start and text[begin] == ".":
+    if begin and text[begin - 1] == "\\" and text[begin] in _JSON_ESCAPES:
+        begin += 1  # "\\nbob@example.com" in JSON text: the address starts after the line break
+    while begin < start and text[begin] in ".'":  # o'brien@, not 'bob@ of a quoted address
         begin += 1
     return begin if begin < start else None
 
@@ -180,7 +203,9 @@ _API_KEY_PREFIX: Final = re.compile(r"sk-|[sr]k_(?:live|test)_|AKIA|ASIA|gh[pous
 
 def _api_key(text: str, start: int, end: int) -> int | None:
     begin = _extend_left(text, start, _LETTERS, 10)  # "sk" before "-", "ghp" before "_", "AI" before "za"
-    if begin and text[begin - 1] in _BASE64URL:
+    if begin and text[begin - 1] == "\\" and text[begin] in _JSON_ESCAPES:
+        begin += 1  # after a JSON escape: "\\nsk-..."
+    elif begin and text[begin - 1] in _BASE64URL:
         return None
     return begin if _API_KEY_PREFIX.match(text, begin, end) else None
 
@@ -209,17 +234,19 @@ _SECRET_WORDS: Final = (
 
 
 _LONGEST_SECRET_WORD: Final = max(map(len, _SECRET_WORDS))
+_SECRET_SKIPPED: Final = " \t\"'\\"
+"""Blanks and quotes around a key and its value; a backslash too: ``\\"password\\": \\"...\\"`` in JSON text."""
 
 
 def _secret(text: str, start: int, end: int) -> int | None:
     # The trigger is the ":" or "=" of an assignment; the key is the name just before it.
     key_end = start
-    while key_end and text[key_end - 1] in " \t\"'":
+    while key_end and text[key_end - 1] in _SECRET_SKIPPED:
         key_end -= 1
     if not text[max(0, key_end - _LONGEST_SECRET_WORD) : key_end].lower().endswith(_SECRET_WORDS):
         return None
     value = start + 1
-    while text[value] in " \t\"'":  # the value, not its quotes or padding
+    while text[value] in _SECRET_SKIPPED:  # the value, not its quotes (JSON-escaped too) or padding
         value += 1
     return value
 
@@ -234,16 +261,22 @@ class _Shape:
     """The character class (body) of the trigger; shapes with the same trigger share one guard."""
     rest: str
     """The pattern after the trigger character (lookbehinds may inspect it and what precedes it)."""
-    validate: Callable[[str, int, int], int | None]
+    validate: Callable[[str, int, int], int | tuple[int, int] | None]
     """Given the text and the span of the whole match (trigger included), the start of the value
-    to redact, or None to keep the candidate as it is."""
+    to redact (it ends where the match does), its (start, end) when it is a shorter piece of the
+    match, or None to keep the candidate as it is."""
     number: bool = False
-    """A run of digits: when it fails validation, none of its pieces is tried again (the groups
-    of an IBAN that fails mod 97 are not a phone number)."""
+    """A run of digits: when it fails validation, the scan resumes after it (the groups of an IBAN
+    that fails mod 97 are not a phone number)..."""
+    split: bool = False
+    """... or, for this shape, at the run's next separator: in ``2 4111 1111 1111 1111`` the card
+    run starts at the quantity ``2``, and fails."""
 
 
 _DIGITS: Final = "0-9"
-_AFTER_SEPARATOR: Final = r"(?<=(?<![\w.-])[0-9])"
+_JSON_ESCAPE: Final = r"(?<=\\[nrt])"
+"""After a JSON escape (``\\n``...): a separator, though its letter is a word character."""
+_AFTER_SEPARATOR: Final = rf"(?<=(?:(?<![\w.-])|{_JSON_ESCAPE})[0-9])"
 """The digit trigger does not continue a word, a decimal or a dashed id (UUID groups)."""
 
 SHAPES: Final = (
@@ -253,7 +286,7 @@ SHAPES: Final = (
         r"(?<=[\w%+-]@)[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63}){0,8}\.[A-Za-z]{2,24}(?![\w-])",
         _email,
     ),
-    _Shape("jwt", "J", r"(?<=(?<![\w-])eyJ)[\w-]{7,}\.eyJ[\w-]{7,}\.[\w-]*(?![\w-])", _jwt),
+    _Shape("jwt", "J", rf"(?<=(?:(?<![\w-])|{_JSON_ESCAPE})eyJ)[\w-]{{7,}}\.eyJ[\w-]{{7,}}\.[\w-]*(?![\w-])", _jwt),
     _Shape(
         "api_key",
         r"\-_KSz",
@@ -271,23 +304,29 @@ SHAPES: Final = (
         ":=",
         # 6 or more characters (a password can be short) after "key:", "key=", '"key": "', not "://";
         # a "Bearer" or "Basic" scheme is part of the value.
-        r"(?<=[\w\"' \t][:=])(?!//)[ \t]{0,3}[\"']?(?:(?:Bearer|Basic|Token)[ ]+)?[^\s\"'&,;<>]{6,}",
+        # In JSON text the quotes are escaped (\"), and an escape ends the value (\" \n), but an
+        # escaped backslash (\\) is part of it.
+        r"(?<=[\w\"' \t][:=])(?!//)[ \t]{0,3}(?:\\?[\"'])?(?:(?:Bearer|Basic|Token)[ ]+)?"
+        r"(?:[^\s\"'&,;<>\\]|\\\\|\\(?![\"nrt])){6,}",
         _secret,
     ),
-    _Shape("card", _DIGITS, _AFTER_SEPARATOR + r"(?:[ -]?[0-9]){12,18}(?![\w-])", _card, number=True),
-    _Shape("ssn", _DIGITS, _AFTER_SEPARATOR + r"[0-9]{2}-[0-9]{2}-[0-9]{4}(?![\w-])", _ssn, number=True),
+    _Shape("card", _DIGITS, _AFTER_SEPARATOR + r"(?:[ -]?[0-9]){12,18}(?![\w-])", _card, number=True, split=True),
+    _Shape("ssn", _DIGITS, _AFTER_SEPARATOR + r"[0-9]{2}-[0-9]{2}-[0-9]{4}(?![\w-])", _ssn, number=True, split=True),
     _Shape(
         "phone",
         _DIGITS,
         # +44 20 7946 0958 (8-15 digits); (415) 555-0132; 415-555-0132, 020 7946 0958 (10-11 digits,
         # ending in 4: a date and time, 2024-01-15 10:30, is not a phone number)
-        r"(?:(?<=(?<![\w+])\+[0-9])(?=(?:[ .()-]{0,2}[0-9]){7})"
+        rf"(?:(?<=(?:(?<![\w+])|{_JSON_ESCAPE})\+[0-9])"
+        r"(?=(?:[ .()-]{0,2}[0-9]){7})"
         r"[0-9]{0,2}(?:[ .-]?\([0-9]{1,4}\))?(?:[ .-]?[0-9]{2,8}){1,5}"
-        r"|(?<=(?<!\w)\([0-9])[0-9]{0,3}\)[ .-]?[0-9]{2,4}(?:[ .-][0-9]{2,4}){1,3}"
-        r"|(?<=(?<![\w+(.-])[0-9])(?=(?:[ .-]?[0-9]){9})[0-9]{0,3}(?:[ .-][0-9]{2,4}){0,3}[ .-][0-9]{4})"
+        rf"|(?<=(?:(?<!\w)|{_JSON_ESCAPE})\([0-9])[0-9]{{0,3}}\)[ .-]?[0-9]{{2,4}}(?:[ .-][0-9]{{2,4}}){{1,3}}"
+        rf"|(?<=(?:(?<![\w+(.-])|{_JSON_ESCAPE})[0-9])"
+        r"(?=(?:[ .-]?[0-9]){9})[0-9]{0,3}(?:[ .-][0-9]{2,4}){0,3}[ .-][0-9]{4})"
         r"(?![\w-]|\.[0-9])",
         _phone,
         number=True,
+        split=True,
     ),
     _Shape(
         "iban",
@@ -322,6 +361,8 @@ def _guard(trigger: str) -> str:
         return r"(?<=[0-9])(?:(?=[0-9 ().-]{8})|(?<=[A-Z]{2}[0-9])|(?<=[A-Z]{2} [0-9]))"
     return f"(?<=[{trigger}])"
 
+
+_NON_DIGIT: Final = re.compile("[^0-9]")
 
 _CLEAN_CACHE_CHARS: Final = 256
 """Strings up to this long that the detectors leave unchanged are remembered (and nothing else)."""
@@ -360,13 +401,18 @@ _API_KEY_CANDIDATES: Final = (
     ("xox[abposr]-", "-[abposr]xox", 4),
     ("AIz", "zIA", 2),
 )
+# Before a number: not a word character, but the letter of a JSON escape may be (``\\n4111...``).
 _NUMBER_CANDIDATES: Final = {
     "card": (
-        r"[^0-9A-Za-z_.\-][0-9](?:[ \-]?[0-9]){12}",
-        r"(?:[0-9][ \-]?){12}[0-9][^0-9A-Za-z_.\-]",
+        r"[^0-9A-Za-mo-qsu-z_.\-][0-9](?:[ \-]?[0-9]){12}",
+        r"(?:[0-9][ \-]?){12}[0-9][^0-9A-Za-mo-qsu-z_.\-]",
         1,
     ),
-    "ssn": (r"[^0-9A-Za-z_.\-][0-9]{3}-[0-9]{2}-[0-9]{4}", r"[0-9]{4}-[0-9]{2}-[0-9]{3}[^0-9A-Za-z_.\-]", 1),
+    "ssn": (
+        r"[^0-9A-Za-mo-qsu-z_.\-][0-9]{3}-[0-9]{2}-[0-9]{4}",
+        r"[0-9]{4}-[0-9]{2}-[0-9]{3}[^0-9A-Za-mo-qsu-z_.\-]",
+        1,
+    ),
     "phone": (
         r"\+[0-9](?:[ .()\-]{0,2}[0-9]){7}",
         r"(?:[0-9][ .()\-]{0,2}){7}[0-9]\+",
@@ -378,15 +424,15 @@ _NUMBER_CANDIDATES: Final = {
         1,
     ),
     "phone plain": (
-        r"[^0-9A-Za-z_+(.\-][0-9]{1,4}(?:[ .\-][0-9]{2,4}){0,3}[ .\-][0-9]{4}",
-        r"[0-9]{4}[ .\-](?:[0-9]{2,4}[ .\-]){0,3}[0-9]{1,4}[^0-9A-Za-z_+(.\-]",
+        r"[^0-9A-Za-mo-qsu-z_+(.\-][0-9]{1,4}(?:[ .\-][0-9]{2,4}){0,3}[ .\-][0-9]{4}",
+        r"[0-9]{4}[ .\-](?:[0-9]{2,4}[ .\-]){0,3}[0-9]{1,4}[^0-9A-Za-mo-qsu-z_+(.\-]",
         1,
     ),
     "iban": (r"[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]{4}){2}", r"(?:[A-Z0-9]{4} ?){2}[0-9]{2}[A-Z]{2}", 2),
     "nino": (r"[A-Z]{2}[0-9]{2}(?: ?[0-9]{2}){2} ?[A-D]", r"[A-D] ?(?:[0-9]{2} ?){2}[0-9]{2}[A-Z]{2}", 2),
     "nino spaced": (r"[A-Z]{2} [0-9]{2}(?: ?[0-9]{2}){2} ?[A-D]", r"[A-D] ?(?:[0-9]{2} ?){2}[0-9]{2} [A-Z]{2}", 3),
 }
-_SECRET_GAP: Final = "[ \t\"']"
+_SECRET_GAP: Final = "[ \t\"'\\\\]"
 """What the secret validator skips between a key and its ``=`` or ``:`` (quotes, blanks)."""
 _SECRET_CANDIDATES: Final = (
     # A secret word, a gap of exactly ``gap`` characters, the assignment (the trigger, at the end:
@@ -559,8 +605,8 @@ class Scanner:
         kept = 0  # text[:kept] is already in pieces
         while match is not None:
             name, start, end = self._validate(text, match)
-            if not name:  # nothing there: look again from the next character, or after a number
-                match = search(text, end if self._by_name[match.lastgroup or ""].number else start + 1)
+            if not name:  # nothing there: look again from the next character, or further in a number
+                match = search(text, end)
                 continue
             start = max(start, kept)
             pieces.append(text[kept:start])
@@ -591,7 +637,7 @@ class Scanner:
                 continue
             name, start, end = self._validate(text, match)
             if not name:
-                position = end if self._by_name[match.lastgroup or ""].number else at + 1
+                position = end
                 continue
             start = max(start, kept)
             pieces.append(text[kept:start])
@@ -604,21 +650,29 @@ class Scanner:
 
     def _validate(self, text: str, match: re.Match[str]) -> tuple[str, int, int]:
         """(detector, start, end) of the value the match stands for, trying the shapes after the one
-        that matched at the same place when it fails validation; ("", match start, match end) if none."""
+        that matched at the same place when it fails validation; ("", match start, where to look
+        again) if none: the next character, or for a number, after it or its next separator."""
         matched = match.lastgroup or ""
         at, end = match.span()
-        begin = self._by_name[matched].validate(text, at, end)
-        if begin is not None:
-            return matched, begin, end
+        shape = self._by_name[matched]
+        value = shape.validate(text, at, end)
+        if value is not None:
+            return (matched, value, end) if isinstance(value, int) else (matched, *value)
         later = False
-        for shape, single in self._singles:
+        for other, single in self._singles:
             if not later:
-                later = shape.name == matched
+                later = other.name == matched
                 continue
             candidate = single.match(text, at)
             if candidate is not None:
                 stop = candidate.end()
-                begin = shape.validate(text, at, stop)
-                if begin is not None:
-                    return shape.name, begin, stop
+                value = other.validate(text, at, stop)
+                if value is not None:
+                    return (other.name, value, stop) if isinstance(value, int) else (other.name, *value)
+        if not shape.number:
+            return "", at, at + 1
+        if shape.split:
+            separator = _NON_DIGIT.search(text, at + 1, end)
+            if separator is not None:
+                return "", at, separator.start()
         return "", at, end

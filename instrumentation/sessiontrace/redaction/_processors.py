@@ -30,7 +30,7 @@ from opentelemetry.trace import Link, Status
 
 from sessiontrace._attributes import frozen_like
 from sessiontrace._log import warn_once
-from sessiontrace.redaction._redactor import BODY_KEY, FAILED, NAME_KEY, STATUS_KEY, Redactor
+from sessiontrace.redaction._redactor import BODY_KEY, EVENT_NAME_KEY, FAILED, NAME_KEY, STATUS_KEY, Redactor
 
 _SPAN_FIELDS = ("_name", "_attributes", "_events", "_links", "_status")
 _checked: set[type] = set()
@@ -82,7 +82,8 @@ class RedactingSpanProcessor(SpanProcessor):
 
 
 def redact_span(span: ReadableSpan, redactor: Redactor) -> None:
-    """Redact ``span`` in place: name, attributes, event and link attributes, status description."""
+    """Redact ``span`` in place: name, attributes, event names and attributes, link attributes,
+    status description."""
     fields = vars(span)
     if type(span) not in _checked and not _has_fields(span, fields):
         raise TypeError(f"{type(span).__name__} lacks the ReadableSpan fields {_SPAN_FIELDS}")
@@ -108,10 +109,13 @@ def redact_span(span: ReadableSpan, redactor: Redactor) -> None:
 
 
 def _event(event: Event, redactor: Redactor) -> Event:
+    name = redactor.redact(EVENT_NAME_KEY, event.name)
     attributes = redactor.redact_attributes(event.attributes)
     if attributes is None:
-        return event
-    return Event(event.name, frozen_like(event.attributes, attributes), event.timestamp)
+        if name is event.name:
+            return event
+        return Event(name, event.attributes, event.timestamp)
+    return Event(name, frozen_like(event.attributes, attributes), event.timestamp)
 
 
 def _link(link: Link, redactor: Redactor) -> Link:

@@ -2,8 +2,11 @@
 
 Order of decisions for a key: a deny pattern matches → the whole value becomes ``[REDACTED:denied]``
 (deny wins over allow, so a compliance rule cannot be undone by an allow entry); an allow pattern
-matches → the value is left exactly as it is (not scanned, not capped); otherwise strings, and
-strings in arrays, go through the detectors, then the callbacks, then the size cap.
+matches → the value is left exactly as it is (not scanned, not capped); otherwise strings go
+through the detectors, then the callbacks, then the size cap. So does every string inside a value:
+each item of an array (whatever its first item), each value of a map (a log body), under the key
+``<key>.<inner key>``, at any depth; and bytes (a log body may be bytes), read as UTF-8 with any
+undecodable byte kept as it is, so that bytes that are not text come back unchanged.
 """
 
 from __future__ import annotations
@@ -43,20 +46,36 @@ DEFAULT_ALLOW_KEYS: Final = (
     semconv.SESSION_PREVIOUS_ID,
     semconv.USER_ID,
     semconv.USER_ROLES,
-    "sessiontrace.trigger.*",
-    "sessiontrace.workflow.*",
-    "workflow.*",
+    # Ids, names we choose and enums. Not the free text next to them: ``sessiontrace.trigger.type``
+    # (an inbound request's path), ``workflow.trigger.name`` and ``sessiontrace.workflow.status.reason``
+    # are scanned like any other value.
+    semconv.TRIGGER_SOURCE,
+    semconv.WORKFLOW_NAME,
+    semconv.WORKFLOW_RUN_ID,
+    semconv.WORKFLOW_RESULT,
+    semconv.WORKFLOW_TRIGGER_TYPE,
+    semconv.STEP_NAME,
+    semconv.STEP_ID,
+    semconv.STEP_RESULT,
+    semconv.STEP_INDEX,
+    semconv.STEP_ATTEMPT,
+    semconv.WORKFLOW_STATUS,
+    semconv.STATUS_FROM,
+    semconv.STATUS_TO,
     semconv.GEN_AI_OPERATION_NAME,
     semconv.GEN_AI_PROVIDER_NAME,
     semconv.GEN_AI_REQUEST_MODEL,
     semconv.GEN_AI_RESPONSE_MODEL,
     semconv.GEN_AI_RESPONSE_ID,
     semconv.GEN_AI_CONVERSATION_ID,
+    semconv.GEN_AI_OUTPUT_TYPE,
+    semconv.GEN_AI_RESPONSE_FINISH_REASONS,
     "*trace_id",
     "*span_id",
     "otel.*",
 )
-"""Keys never scanned. Narrow on purpose: not ``sessiontrace.*``, where audit values may live."""
+"""Keys never scanned: exact ids and enums. Narrow on purpose: no ``sessiontrace.*`` or ``workflow.*``
+glob, since free text (a status reason, a request path) lives next to the ids."""
 
 DEFAULT_DENY_KEYS: Final = (
     "*password*",
@@ -84,6 +103,8 @@ NAME_KEY: Final = "span.name"
 STATUS_KEY: Final = "span.status_description"
 """Key under which a span status description is redacted (an exception message there often
 carries an email)."""
+EVENT_NAME_KEY: Final = "event.name"
+"""Key under which a span event's name is redacted (``span.add_event(f"sent to {email}")``)."""
 BODY_KEY: Final = "log.body"
 """Key under which a log record body is redacted."""
 
@@ -142,14 +163,7 @@ class Redactor:
         if decision is None:
             decision = self._decide(key)
         if decision == _SCAN:
-            if type(value) is str:
-                return self._text(key, value)
-            if isinstance(value, (tuple, list)) and value and isinstance(value[0], str):
-                items = [self._text(key, item) if type(item) is str else item for item in value]
-                return tuple(items) if any(new is not old for new, old in zip(items, value, strict=True)) else value
-            if isinstance(value, Mapping):  # log records carry nested maps
-                return self.redact_attributes(value, prefix=f"{key}.") or value
-            return value
+            return self._value(key, value)
         return value if decision == _ALLOW else DENIED
 
     def redact_text(self, text: str) -> str:
@@ -195,6 +209,25 @@ class Redactor:
 
     # --- internals ------------------------------------------------------------------------------------
 
+    def _value(self, key: str, value: Any) -> Any:
+        """A value under a scanned key: strings, and every string inside arrays, maps and bytes."""
+        if type(value) is str:
+            return self._text(key, value)
+        if isinstance(value, (tuple, list)):  # every item: [None, email], a list of maps...
+            items = [self._value(key, item) for item in value]
+            return tuple(items) if any(new is not old for new, old in zip(items, value, strict=True)) else value
+        if isinstance(value, Mapping):  # log records carry nested maps; each key has its own rule
+            return self.redact_attributes(value, prefix=f"{key}.") or value
+        if isinstance(value, (bytes, bytearray)):
+            # Decoded, scanned, encoded back: undecodable bytes pass through (surrogateescape), so
+            # binary data comes back as it was, and text in it is scanned like any string.
+            text = bytes(value).decode("utf-8", "surrogateescape")
+            redacted = self._text(key, text)
+            return value if redacted is text else redacted.encode("utf-8", "surrogateescape")
+        if isinstance(value, str):  # a str subclass
+            return self._text(key, str(value))
+        return value
+
     def _decide(self, key: str) -> int:
         lowered = key.lower()
         if self._deny is not None and self._deny.match(lowered):
@@ -211,7 +244,8 @@ class Redactor:
         limit = self._max
         if len(value) < SHORTEST and not self._callbacks:
             return value
-        text = value if limit is None or len(value) <= limit + _SCAN_SLACK else value[: limit + _SCAN_SLACK]
+        window_cut = limit is not None and len(value) > limit + _SCAN_SLACK
+        text = value[: limit + _SCAN_SLACK] if window_cut and limit is not None else value
         text = self._scanner.scan(text)
         for callback in self._callbacks:
             try:
@@ -229,7 +263,12 @@ class Redactor:
                 return FAILED
             if replacement is not None:
                 text = replacement
-        if limit is not None and len(text) > limit:
+        if window_cut and limit is not None:
+            # Only the window was scanned, and its last _SCAN_SLACK characters without what follows
+            # them (half an email): they are never kept, even when markers shortened the text.
+            keep = max(0, min(limit, len(text) - _SCAN_SLACK))
+            text = _cap(text, keep, max(len(value), len(text)) - keep)
+        elif limit is not None and len(text) > limit:
             text = _cap(text, limit, max(len(value), len(text)) - limit)
         return value if text is value or text == value else text
 
