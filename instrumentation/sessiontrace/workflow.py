@@ -71,6 +71,8 @@ _RESULTS = {"succeeded": "success", "failed": "failure", "cancelled": "cancellat
 """Terminal status → ``workflow.execution.result`` / ``workflow.task.run.result`` value."""
 _CANCELLATIONS = (asyncio.CancelledError, GeneratorExit, KeyboardInterrupt)
 """Exceptions that end a run or step as ``cancelled`` rather than ``failed``."""
+_OTHER_ERROR = "_OTHER"
+"""``error.type`` of a failure with no exception to name it (the semantic conventions' fallback)."""
 
 # One immutable attribute map per (from, to) pair, shared by every status event without a reason:
 # building and validating a fresh BoundedAttributes per event would cost more than the span.
@@ -89,11 +91,14 @@ _END_ATTRIBUTES: dict[str, dict[str, dict[str, AttributeValue]]] = {
 
 
 def _checked_name(value: object, what: str) -> str:
-    """A printable string of 1 to 256 characters, else ``InvalidValue`` (a ``ValueError``)."""
-    if not isinstance(value, str) or not value or len(value) > MAX_NAME or _UNPRINTABLE.search(value):
+    """``value`` without surrounding whitespace, if that is a printable string of 1 to 256
+    characters, else ``InvalidValue`` (a ``ValueError``)."""
+    # Baggage receivers strip entries: an unstripped name would change when the run continues.
+    name = value.strip() if isinstance(value, str) else value
+    if not isinstance(name, str) or not name or len(name) > MAX_NAME or _UNPRINTABLE.search(name):
         shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
         raise _values.InvalidValue(f"{what} must be 1 to {MAX_NAME} printable characters, got {shown}")
-    return value
+    return name
 
 
 # --- runs -------------------------------------------------------------------------------------------
@@ -304,6 +309,10 @@ class _Activity:
                 span.set_attribute(semconv.ERROR_TYPE, error_type)
                 span.record_exception(error, escaped=True)
                 span.set_status(Status(StatusCode.ERROR, f"{error_type}: {error}"))
+            elif final == "failed":  # set_status("failed") without an exception: semconv's fallback
+                known = getattr(span, "attributes", None)
+                if not known or semconv.ERROR_TYPE not in known:
+                    span.set_attribute(semconv.ERROR_TYPE, _OTHER_ERROR)
             span.end()
         except Exception:  # tracing must never turn a finished step into a failed one
             logger.debug("sessiontrace: could not end a workflow span", exc_info=True)
@@ -541,7 +550,8 @@ def _wrap_generator(
     definition: _Definition, func: Callable[..., Generator[Any, Any, Any]]
 ) -> Callable[..., Generator[Any, Any, Any]]:
     """The span covers the whole iteration; the context is attached only while the generator's
-    own body runs, so nothing of it leaks into the consumer between items."""
+    own body runs, so nothing of it leaks into the consumer between items, and the body resumes in
+    the context it left at its last ``yield`` (a step or span it keeps open across one stays current)."""
     if definition.retries:
         raise TypeError("retries cannot apply to a generator: items already yielded cannot be taken back")
 
@@ -552,8 +562,9 @@ def _wrap_generator(
         generator = func(*args, **kwargs)
         resume: Callable[[Any], Any] = generator.send
         value: Any = None
+        body = active.context  # the body's context: ours at first, then whatever it left attached
         while True:
-            token = otel_context.attach(active.context)
+            token = otel_context.attach(body)
             try:
                 item = resume(value)
             except StopIteration as stop:
@@ -563,12 +574,14 @@ def _wrap_generator(
                 active.finish(error)
                 raise
             finally:
+                # A step or span the body opened around a yield must be current again on resume.
+                body = otel_context.get_current()
                 otel_context.detach(token)
             try:
                 value = yield item
                 resume = generator.send
             except GeneratorExit:  # the consumer stopped early (close() or garbage collection)
-                token = otel_context.attach(active.context)
+                token = otel_context.attach(body)
                 try:
                     generator.close()
                 except BaseException as error:
@@ -598,8 +611,9 @@ def _wrap_async_generator(
         generator = func(*args, **kwargs)
         resume: Callable[[Any], Awaitable[Any]] = generator.asend
         value: Any = None
+        body = active.context
         while True:
-            token = otel_context.attach(active.context)
+            token = otel_context.attach(body)
             try:
                 item = await resume(value)
             except StopAsyncIteration:
@@ -609,12 +623,13 @@ def _wrap_async_generator(
                 active.finish(error)
                 raise
             finally:
+                body = otel_context.get_current()
                 otel_context.detach(token)
             try:
                 value = yield item
                 resume = generator.asend
             except GeneratorExit:
-                token = otel_context.attach(active.context)
+                token = otel_context.attach(body)
                 try:
                     await generator.aclose()
                 except BaseException as error:

@@ -3,12 +3,15 @@
 How a confidence is derived from token log-probabilities (``confidence_from_logprobs``): the
 geometric mean of the chosen tokens' probabilities, ``exp(mean(logprob))``. It is 1.0 when the
 model was certain of every token and falls towards 0 as any token was a guess; unlike the
-product of probabilities it does not shrink just because the answer is long.
+product of probabilities it does not shrink just because the answer is long. A token of
+probability 0 (logprob ``-inf``) makes it 0; NaN and ``+inf`` say nothing and are skipped.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
+import sys
 from collections.abc import Iterable
 
 from opentelemetry import trace
@@ -18,6 +21,8 @@ from sessiontrace import semconv
 from sessiontrace._version import __version__
 
 _tracer = trace.get_tracer("sessiontrace.ai", __version__)
+_LARGEST_LOG = math.log(sys.float_info.max)
+"""The largest x whose ``exp(x)`` is a float (about 709.78)."""
 
 
 def record_confidence(
@@ -29,8 +34,11 @@ def record_confidence(
     span: Span | None = None,
 ) -> None:
     """Add a ``gen_ai.evaluation.result`` event to ``span`` (default: the current span) and set
-    ``sessiontrace.gen_ai.confidence`` on it. ``ValueError`` unless 0 <= score <= 1."""
+    ``sessiontrace.gen_ai.confidence`` on it. ``score`` is any real number (numpy's included)
+    with 0 <= score <= 1, and ``name`` a non-empty string, else ``ValueError``."""
     score = _checked_score(score)
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"name must be a non-empty string, got {name!r}")
     target = span if span is not None else trace.get_current_span()
     attributes: dict[str, str | float] = {
         semconv.GEN_AI_EVALUATION_NAME: name,
@@ -46,11 +54,25 @@ def record_confidence(
 
 
 def confidence_from_logprobs(logprobs: Iterable[float]) -> float | None:
-    """``exp(mean(logprobs))`` of the chosen tokens, or None when there are none."""
-    values = [float(value) for value in logprobs if value is not None and math.isfinite(float(value))]
+    """``exp(mean(logprobs))`` of the chosen tokens, or None when there are none; 0.0 when one
+    has logprob ``-inf``. ``ValueError`` for a logprob or mean beyond a float's range."""
+    values: list[float] = []
+    for value in logprobs:
+        if value is None:
+            continue
+        try:
+            number = float(value)
+        except OverflowError:  # an int beyond a float's range (no repr: it may have 1000s of digits)
+            raise ValueError("logprob out of range: an integer too large for a float") from None
+        if not math.isnan(number) and number != math.inf:  # -inf stays: a token of probability 0
+            values.append(number)
     if not values:
         return None
-    return min(1.0, max(0.0, math.exp(sum(values) / len(values))))
+    mean = sum(values) / len(values)
+    # A mean this high (or a sum overflowed to +inf) is no probability's: exp() would overflow.
+    if mean > _LARGEST_LOG:
+        raise ValueError("logprobs out of range: exp() of their mean overflows a float")
+    return min(1.0, max(0.0, math.exp(mean)))
 
 
 def record_review(
@@ -63,11 +85,15 @@ def record_review(
 ) -> None:
     """A human's verdict on an AI call: a ``gen_ai.review`` span linked to the judged call's span
     (which may be in another trace, hours later), carrying an evaluation event named
-    ``human_review``. ``decision`` is ``approve`` or ``override``; ``label`` is the human's answer."""
+    ``human_review``. ``decision`` is ``approve`` or ``override``; ``label`` is the human's answer.
+    ``TypeError`` unless ``judged`` is a ``SpanContext``; ``ValueError`` for a bad decision or a
+    reason that is not a non-blank string."""
+    if not isinstance(judged, SpanContext):
+        raise TypeError(f"judged must be a SpanContext (e.g. span.get_span_context()), got {type(judged).__name__}")
     if decision not in ("approve", "override"):
         raise ValueError(f"decision must be 'approve' or 'override', got {decision!r}")
-    if not reason or not reason.strip():
-        raise ValueError("a review needs a reason")
+    if not isinstance(reason, str) or not reason.strip():
+        raise ValueError(f"a review needs a reason (a non-blank string), got {reason!r}")
     attributes: dict[str, str] = {semconv.GEN_AI_REVIEW_DECISION: decision}
     if reviewer:
         attributes[semconv.GEN_AI_REVIEWER] = reviewer
@@ -85,9 +111,13 @@ def record_review(
 
 
 def _checked_score(score: float) -> float:
-    if isinstance(score, bool) or not isinstance(score, (int, float)):
+    # numbers.Real: numpy's float32/float64 too (float32 is no float subclass); bool is not a score
+    if isinstance(score, bool) or not isinstance(score, numbers.Real):
         raise ValueError(f"confidence must be a number in [0, 1], got {score!r}")
-    value = float(score)
+    try:
+        value = float(score)
+    except OverflowError:  # an int beyond a float's range (no repr: it may have 1000s of digits)
+        raise ValueError("confidence must be in [0, 1], got an integer too large for a float") from None
     if not (0.0 <= value <= 1.0):  # also rejects NaN
         raise ValueError(f"confidence must be in [0, 1], got {score!r}")
     return value
