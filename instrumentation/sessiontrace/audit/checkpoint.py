@@ -33,7 +33,6 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, text
 
-from sessiontrace.audit import chain
 from sessiontrace.audit.encoding import canonical_json
 from sessiontrace.audit.errors import AuditError
 from sessiontrace.audit.schema import AUDIT_TABLE
@@ -205,7 +204,16 @@ def write_checkpoint(
     about to be removed on purpose (see ``retention``); it needs ``verify_chain``. Returns the
     checkpoint and the file written.
     """
-    from sessiontrace.audit.verify import _Anchor, _connection, _installed_key, _label, _verify, qualified
+    from sessiontrace.audit.verify import (
+        GENESIS_ANCHOR,
+        _Anchor,
+        _connection,
+        _installed_key,
+        _label,
+        _verify,
+        qualified,
+        retirements,
+    )
 
     if not signing_key:
         raise ValueError("a checkpoint needs a non-empty signing key")
@@ -223,17 +231,17 @@ def write_checkpoint(
                 f"the existing checkpoints do not hold, not adding one: {exc}", name=exc.name, seq=exc.seq
             ) from None
         last = existing[-1] if existing else None
-        retired = retired_through(existing)
-        resume = _Anchor(*retired) if retired is not None else _Anchor(0, chain.GENESIS)
+        retired = retirements(existing)
+        resume = retired[-1] if retired else GENESIS_ANCHOR
         # Verification resumes after the newest pin: the last checkpoint, or a later retirement
         # (whose rows, and maybe the last checkpoint's row, are gone). Rows about to be retired are
         # all verified, from the previous retirement on, against every checkpoint since.
         anchor = _Anchor(last.seq, last.row_hash) if last is not None else resume
         if retire_through is not None or resume.seq >= anchor.seq:
             anchor = resume
-        pinned = {c.seq: (c.row_hash, c.name) for c in existing if c.seq > anchor.seq}
+        pinned = {c.seq: (c.row_hash, c.name) for c in existing}  # those the walk passes are checked
         target = qualified(conn, audit_table, schema)
-        if last is not None and last.seq > 0 and (retired is None or last.seq > retired[0]):
+        if last is not None and last.seq > resume.seq:
             stored = conn.execute(text(f"SELECT row_hash FROM {target} WHERE seq = :s"), {"s": last.seq}).scalar()
             if stored != last.row_hash:
                 raise CheckpointError(
@@ -245,7 +253,14 @@ def write_checkpoint(
         if verify_chain:
             key = chain_key if chain_key is not None else _installed_key(conn, audit_table, schema)
             report = _verify(
-                conn, key=key, audit_table=audit_table, schema=schema, expected=pinned, checkpoints=0, anchor=anchor
+                conn,
+                key=key,
+                audit_table=audit_table,
+                schema=schema,
+                expected=pinned,
+                checkpoints=0,
+                anchor=anchor,
+                retired=retired,
             )
             if not report.ok:
                 raise CheckpointError(f"not adding a checkpoint: {report.summary()}")

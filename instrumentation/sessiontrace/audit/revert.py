@@ -3,7 +3,11 @@
 ``revert_session(bind, session_id)`` reads the session's audit rows (newest ``seq`` first) and undoes
 each: an update sets the changed fields back to their previous values, an insert deletes the record,
 a delete inserts it again with its previous values. Values are decoded by the column's type
-(``encoding.decode_value``), so ``Decimal``, aware datetimes, UUIDs and bytes come back exactly.
+(``encoding.decode_value``), so ``Decimal``, aware datetimes, UUIDs and bytes come back exactly; what
+the trigger mode recorded (``to_jsonb`` renderings) too: numbers in JSON columns and ``numeric``
+arrays keep their digits, ``bytea`` arrays their bytes, and dates Python cannot hold (``infinity``,
+BC) are read back by the server. Generated columns are left for the database to compute, and a
+re-inserted ``GENERATED ALWAYS`` identity keeps its recorded value (``OVERRIDING SYSTEM VALUE``).
 
 It refuses (``RevertRefusedError``, carrying the plan) unless ``force=True`` when
 
@@ -27,7 +31,7 @@ import json
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from decimal import Decimal
 from typing import Any
 
@@ -43,6 +47,7 @@ from sqlalchemy import (
     cast,
     delete,
     insert,
+    literal,
     or_,
     select,
     text,
@@ -50,6 +55,10 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.exc import NoSuchTableError
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.dml import Insert
+from sqlalchemy.types import TypeEngine
 
 from sessiontrace import _values
 from sessiontrace.audit.encoding import MASKED, JsonValue, decode_value, encode_value
@@ -406,24 +415,91 @@ def _floats(value: Any) -> Any:
     return value
 
 
+def _python_type(column_type: TypeEngine[Any]) -> type | None:
+    if isinstance(column_type, types.TypeDecorator):
+        column_type = column_type.impl_instance
+    try:
+        return column_type.python_type
+    except NotImplementedError:
+        return None
+
+
+def _json_text(value: Any) -> str:
+    """``value`` as ``jsonb::text`` renders it, numbers with the digits they were read with."""
+    if isinstance(value, Decimal):
+        return format(value, "f")
+    if isinstance(value, list):
+        return "[" + ", ".join(_json_text(v) for v in value) + "]"
+    if isinstance(value, dict):
+        items = (f"{json.dumps(k, ensure_ascii=False)}: {_json_text(v)}" for k, v in value.items())
+        return "{" + ", ".join(items) + "}"
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _array_items(item_type: TypeEngine[Any], value: Any) -> Any:
+    """A trigger-mode array (nested lists of ``to_jsonb`` items) for an array of ``item_type``."""
+    if isinstance(value, list):
+        return [_array_items(item_type, v) for v in value]
+    if value is None or isinstance(value, bool):
+        return value
+    python_type = _python_type(item_type)
+    if python_type is Decimal:
+        return Decimal(value)  # every item: psycopg refuses an array of Decimal and int together
+    if python_type is float:
+        return float(value)
+    if python_type is bytes and isinstance(value, str) and value.startswith("\\x"):
+        return bytes.fromhex(value[2:])
+    return _floats(value)
+
+
 def _decode(column: Column[Any], exact: Any, trigger: bool) -> Any:
     """The value to write back into ``column``: ``Decimal`` only for decimal columns, bytes from
-    the trigger mode's ``\\x`` hex rendering or our base64."""
+    the trigger mode's ``\\x`` hex rendering or our base64. In trigger mode a JSON column gets the
+    recorded text (floats would round its numbers) and a date Python cannot hold goes to the
+    server as text."""
     if exact is None:
         return None
     column_type = column.type
     if isinstance(column_type, types.TypeDecorator):
         column_type = column_type.impl_instance
-    try:
-        python_type: type | None = column_type.python_type
-    except NotImplementedError:
-        python_type = None
+    python_type = _python_type(column_type)
+    if trigger and isinstance(column_type, types.JSON):
+        return cast(literal(_json_text(exact), Text), column.type)
+    if trigger and isinstance(column_type, types.ARRAY):
+        return _array_items(column_type.item_type, exact)
+    if trigger and python_type in (date, datetime) and isinstance(exact, str):
+        try:
+            return decode_value(column, exact)
+        except ValueError:  # infinity, -infinity, BC dates, years past 9999: the server reads its own output
+            return cast(literal(exact, Text), column.type)
     if python_type is Decimal:
         return decode_value(column, exact)
     plain = _floats(exact)
     if trigger and python_type is bytes and isinstance(plain, str) and plain.startswith("\\x"):
         return bytes.fromhex(plain[2:])
     return decode_value(column, plain)
+
+
+class _InsertOverridingSystemValue(Insert):
+    """``INSERT ... OVERRIDING SYSTEM VALUE``: PostgreSQL takes a value for a ``GENERATED ALWAYS``
+    identity only with it, and SQLAlchemy cannot say it."""
+
+    inherit_cache = True
+
+
+@compiles(_InsertOverridingSystemValue, "postgresql")
+def _overriding_system_value(statement: _InsertOverridingSystemValue, compiler: SQLCompiler, **kw: Any) -> str:
+    # Only bound parameters and casts follow the column list: the last " VALUES (" is the clause.
+    rendered: str = compiler.visit_insert(statement, **kw)  # type: ignore[no-untyped-call]
+    head, _, values = rendered.rpartition(" VALUES (")
+    return f"{head} OVERRIDING SYSTEM VALUE VALUES ({values}"
+
+
+def _insert(table: Table, values: dict[str, Any]) -> Insert:
+    """An INSERT of ``values`` (no generated column among them) into ``table``."""
+    if any((identity := table.c[name].identity) is not None and identity.always for name in values):
+        return _InsertOverridingSystemValue(table).values(values)
+    return insert(table).values(values)
 
 
 def _apply(
@@ -451,11 +527,17 @@ def _apply(
         masked = sorted(name for name, value in op.values.items() if value == MASKED)
         if masked:  # only when forced: blockers refuse otherwise
             skipped.append(f"{op}: {', '.join(masked)} recorded masked, not restored")
+        # The database computes generated columns (and refuses a value for them) from the rest.
+        generated = {column.name for column in table.c if column.computed is not None}
         restored = {
-            name: _decode(_column(table, name), v, step.trigger) for name, v in step.exact.items() if name not in masked
+            name: _decode(_column(table, name), v, step.trigger)
+            for name, v in step.exact.items()
+            if name not in masked and name not in generated
         }
         stamps = {} if triggered else {k: v for k, v in stamp_values(moment).items() if k in table.c}
-        recorded_fields = [f for f in op.fields if f in table.c]
+        # The trigger mode writes its own audit rows: only whether the record exists matters (and
+        # reading values back could meet one the driver cannot load, such as an infinite date).
+        recorded_fields = [f for f in op.fields if f in table.c and not triggered]
         current = _current(conn, table, where, recorded_fields)
         action = op.action
         if action == "insert" and current is not None:
@@ -475,8 +557,10 @@ def _apply(
         elif action == "delete":
             conn.execute(delete(table).where(where))
         else:
-            record = {k: _decode(_column(table, k), v, step.trigger) for k, v in step.record.items()}
-            conn.execute(insert(table).values({**record, **restored, **stamps}))
+            record = {
+                k: _decode(_column(table, k), v, step.trigger) for k, v in step.record.items() if k not in generated
+            }
+            conn.execute(_insert(table, {**record, **restored, **stamps}))
         if triggered:
             continue
         change = _change(op, action, table, current, step)

@@ -11,12 +11,20 @@ SQLAlchemy stores). It stops at the first broken row and says why:
   reordered);
 - ``hash mismatch``: a row's content no longer matches its hash (it was modified, or the key is
   wrong when it is the first row);
+- ``seq out of range``: a row's ``seq`` is below 1, or at or below a retirement without being a
+  retired row left in place (see below): the row was written outside the chain;
 - ``checkpoint ...``: with signed checkpoints (``checkpoint.py``), the chain no longer holds a
   checkpoint's ``(seq, row_hash)``, or the checkpoint files themselves were altered: history was
   rewritten and re-chained, even by someone holding the chain key.
 
 Rows whose ``seq`` is NULL were never chained (``unchained_rows``); a log without the table raises
-``NotChainedError``.
+``NotChainedError``. No row with a ``seq`` is skipped: rows below 1 are out of range, and with
+checkpoints that record a retirement (``retention.py``) the walk starts after the latest one, so
+rows at or below it must be gone. Rows a retirement's failed drop left behind are still checked:
+they must run, without a gap, from the previous retirement (or seq 1) to the retired row, whose
+``row_hash`` the checkpoint pinned; anything else there (a chain started again at seq 1 after its
+newest rows were dropped, rows added below the retirement) is ``seq out of range`` or a checkpoint
+mismatch.
 
 The key: pass ``key``; on PostgreSQL it may be omitted when connected as the log's owner or a
 superuser, and is then read from ``<table>_secret``. On SQLite ``None`` means the empty key.
@@ -26,12 +34,12 @@ from __future__ import annotations
 
 import hmac
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Engine, inspect, text
 from sqlalchemy.exc import DBAPIError
@@ -40,6 +48,9 @@ from sessiontrace.audit import chain
 from sessiontrace.audit.errors import AuditError
 from sessiontrace.audit.schema import AUDIT_TABLE
 
+if TYPE_CHECKING:
+    from sessiontrace.audit.checkpoint import Checkpoint
+
 __all__ = [
     "CHECKPOINT_INVALID",
     "CHECKPOINT_MISMATCH",
@@ -47,6 +58,7 @@ __all__ = [
     "HASH_MISMATCH",
     "PREV_HASH_MISMATCH",
     "SEQ_GAP",
+    "SEQ_OUT_OF_RANGE",
     "Break",
     "KeyUnavailableError",
     "NotChainedError",
@@ -60,6 +72,8 @@ SEQ_GAP = "seq gap"
 """``seq`` skips (or repeats) a number: rows were deleted (or a duplicate was added)."""
 PREV_HASH_MISMATCH = "prev_hash mismatch"
 """The row does not link to the previous row's hash: a row was inserted or rows were reordered."""
+SEQ_OUT_OF_RANGE = "seq out of range"
+"""The row's ``seq`` is below 1, or at or below a retirement it is not part of: it is outside the chain."""
 CHECKPOINT_MISMATCH = "checkpoint mismatch"
 """The row at a checkpoint's ``seq`` has another ``row_hash``: history was rewritten and re-chained."""
 CHECKPOINT_MISSING = "checkpoint row missing"
@@ -71,6 +85,7 @@ MEANING = {
     HASH_MISMATCH: "row modified",
     SEQ_GAP: "rows deleted",
     PREV_HASH_MISMATCH: "row inserted or rows reordered",
+    SEQ_OUT_OF_RANGE: "row written outside the chain",
     CHECKPOINT_MISMATCH: "history rewritten and re-chained",
     CHECKPOINT_MISSING: "rows removed from the end of the log",
     CHECKPOINT_INVALID: "checkpoint files altered, removed or signed with another key",
@@ -149,6 +164,11 @@ class VerifyReport:
         checkpoints = f", {self.checkpoints_checked} checkpoint(s) hold" if self.checkpoints_checked else ""
         if self.retired_through:
             checkpoints += f", rows up to seq {self.retired_through} retired"
+            if self.first_seq is not None and self.first_seq <= self.retired_through:
+                checkpoints += (
+                    f" (seq {self.first_seq}..{self.retired_through} are still in the log and were checked:"
+                    " a retirement's drop failed; run it again)"
+                )
         if not self.rows_checked:
             return f"{self.table}: empty, nothing to verify{checkpoints}"
         return (
@@ -162,6 +182,8 @@ class _Anchor:
 
     seq: int
     row_hash: str
+    checkpoint: str = ""
+    """For a retirement: the checkpoint file that recorded it."""
 
 
 GENESIS_ANCHOR = _Anchor(0, chain.GENESIS)
@@ -186,9 +208,9 @@ def verify(
     expected: dict[int, tuple[str, str]] = {}
     checkpoint_break: Break | None = None
     checked = 0
-    anchor = GENESIS_ANCHOR
+    retired: tuple[_Anchor, ...] = ()
     if checkpoints is not None:
-        from sessiontrace.audit.checkpoint import CheckpointError, load_checkpoints, retired_through
+        from sessiontrace.audit.checkpoint import CheckpointError, load_checkpoints
 
         if checkpoint_key is None:
             raise ValueError("checkpoints need the checkpoint_key they were signed with")
@@ -202,17 +224,30 @@ def verify(
         for found in loaded:
             expected[found.seq] = (found.row_hash, found.name)
         checked = len(loaded)
-        retired = retired_through(loaded)
-        if retired is not None:  # rows up to there were removed on purpose: the chain resumes after
-            anchor = _Anchor(*retired)
+        retired = retirements(loaded)
+    # Rows up to the latest retirement were removed on purpose: the chain resumes after it.
+    anchor = retired[-1] if retired else GENESIS_ANCHOR
     report = _verify(
-        bind, key=key, audit_table=audit_table, schema=schema, expected=expected, checkpoints=checked, anchor=anchor
+        bind,
+        key=key,
+        audit_table=audit_table,
+        schema=schema,
+        expected=expected,
+        checkpoints=checked,
+        anchor=anchor,
+        retired=retired,
     )
     if anchor.seq:
         report = replace(report, retired_through=anchor.seq)
     if checkpoint_break is not None and (report.broken is None or report.broken.seq > checkpoint_break.seq):
         report = replace(report, broken=checkpoint_break)
     return report
+
+
+def retirements(checkpoints: Iterable[Checkpoint]) -> tuple[_Anchor, ...]:
+    """Every retirement the checkpoints record, oldest first, as the anchor the chain resumes after."""
+    found = {c.retired[0]: _Anchor(*c.retired, checkpoint=c.name) for c in checkpoints if c.retired is not None}
+    return tuple(found[seq] for seq in sorted(found))
 
 
 def _verify(
@@ -224,8 +259,13 @@ def _verify(
     expected: dict[int, tuple[str, str]],
     checkpoints: int,
     anchor: _Anchor = GENESIS_ANCHOR,
+    retired: tuple[_Anchor, ...] = (),
 ) -> VerifyReport:
+    """Walk the rows after ``anchor`` (and any row below 1). When ``anchor`` is the latest of the
+    ``retired`` anchors, the rows at or below it are walked too (see the module docstring)."""
     began = time.perf_counter()
+    floor = retired[-1] if retired and retired[-1].seq == anchor.seq else GENESIS_ANCHOR
+    result: tuple[int, int | None, int | None, str | None, Break | None]
     with _connection(bind) as conn:
         label = _label(conn, audit_table, schema)
         if not inspect(conn).has_table(audit_table, schema=schema):
@@ -234,18 +274,47 @@ def _verify(
             key = _installed_key(conn, audit_table, schema)
         target = qualified(conn, audit_table, schema)
         unchained = conn.execute(text(f"SELECT count(*), min(id) FROM {target} WHERE seq IS NULL")).one()
-        rows = _stream(conn, target, anchor.seq)
-        result = _walk(rows, key, anchor, expected)
+        # Streaming only the rows above the anchor would hide any row below it: look for them first.
+        lowest = conn.execute(text(f"SELECT min(seq) FROM {target} WHERE seq <= :s"), {"s": floor.seq}).scalar()
+        start, pins = anchor, expected
+        out_of_range: Break | None = None
+        if lowest is not None and lowest < 1:
+            count = conn.execute(text(f"SELECT count(*) FROM {target} WHERE seq < 1")).scalar_one()
+            detail = f"{count} row(s) with seq below 1 (the lowest is {lowest}): the chain numbers its rows from 1"
+            out_of_range = Break(lowest, SEQ_OUT_OF_RANGE, detail)
+        elif lowest is not None:  # rows a retirement did not drop: they must still be its rows
+            follows = {a.seq: a for a in (GENESIS_ANCHOR, *retired)}.get(lowest - 1)
+            if follows is None:
+                detail = (
+                    f"seq {lowest} is at or below seq {floor.seq}, which checkpoint {floor.checkpoint} retired,"
+                    " but does not follow a retirement (or start the chain)"
+                )
+                out_of_range = Break(lowest, SEQ_OUT_OF_RANGE, detail)
+            else:
+                start = follows
+                pins = {a.seq: (a.row_hash, a.checkpoint) for a in retired if a.seq > start.seq} | expected
+        if out_of_range is None:
+            result = _walk(_stream(conn, target, start.seq), key, start, pins)
+        else:
+            result = (0, None, None, None, out_of_range)
     rows_checked, first_seq, last_seq, head_hash, broken = result
+    end = last_seq or start.seq
+    if broken is None and lowest is not None and end < floor.seq:
+        detail = (
+            f"seq {lowest}..{end} are at or below seq {floor.seq}, which checkpoint {floor.checkpoint} retired, but do"
+            " not reach it: the chain started again after its newest rows were dropped, or rows were added below it"
+        )
+        broken = Break(lowest, SEQ_OUT_OF_RANGE, detail)
+        rows_checked, last_seq, head_hash = 0, None, None  # all of them are out of range
     if broken is None:
-        missing = [seq for seq in expected if seq > (last_seq or anchor.seq)]
+        missing = [seq for seq in pins if seq > end]
         if missing:
             seq = min(missing)
             broken = Break(
                 seq,
                 CHECKPOINT_MISSING,
-                f"the log ends at seq {last_seq or anchor.seq} but checkpoint {expected[seq][1]} has seq {seq}",
-                checkpoint=expected[seq][1],
+                f"the log ends at seq {end} but checkpoint {pins[seq][1]} has seq {seq}",
+                checkpoint=pins[seq][1],
             )
     return VerifyReport(
         table=label,
