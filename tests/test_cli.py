@@ -88,10 +88,12 @@ class TestPath:
         assert code == 0
         assert scenario.session_id in out
 
-    def test_bad_uuid_is_a_usage_error(self, stored: tuple[Path, Scenario]) -> None:
-        code, _, err = run(stored[0], "path", "not-a-uuid")
-        assert code == 2
-        assert "must be a UUID" in err
+    def test_an_unprintable_or_overlong_id_is_a_usage_error(self, stored: tuple[Path, Scenario]) -> None:
+        # Any id `sessions` can list opens (other instrumentation sets ids that are not UUIDs).
+        for bad in ("x" * 257, "a\x1bb"):
+            code, _, err = run(stored[0], "path", bad)
+            assert code == 2
+            assert "1 to 256 printable characters" in err
 
     def test_unknown_session(self, stored: tuple[Path, Scenario]) -> None:
         code, out, err = run(stored[0], "path", UNKNOWN)

@@ -24,6 +24,10 @@ if TYPE_CHECKING:
 EXIT_NOT_FOUND = 1
 EXIT_STORE = 2
 EXIT_USAGE = 2
+EXIT_DEMO_SERVICE = 3
+
+MAX_LIMIT = 1_000_000
+MAX_SESSION_ID = 256
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -38,6 +42,7 @@ EXIT_USAGE = 2
 @click.pass_context
 def main(ctx: click.Context, store_path: Path | None) -> None:
     """Follow one session across all of its traces."""
+    _tolerant_output()
     if store_path is None:
         from sessiontrace.store import default_store_path
 
@@ -46,11 +51,18 @@ def main(ctx: click.Context, store_path: Path | None) -> None:
 
 
 @main.command()
-@click.option("--limit", "-n", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--limit", "-n", type=click.IntRange(min=1, max=MAX_LIMIT), default=20, show_default=True)
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @click.pass_obj
 def sessions(store_path: Path, limit: int, fmt: str) -> None:
-    """List recent sessions, newest first."""
+    """List recent sessions, newest first.
+
+    \b
+    Exit codes:
+      0  listed (or the store has no session yet)
+      2  usage error, or the store could not be read (no store, not a
+         regular file, corrupt, unavailable)
+    """
     store = _open_store(store_path)
     try:
         found = store.sessions(limit=limit)
@@ -79,14 +91,18 @@ def sessions(store_path: Path, limit: int, fmt: str) -> None:
 )
 @click.pass_obj
 def path(store_path: Path, session_id: str, fmt: str, audit_db: str | None) -> None:
-    """Show the full path of SESSION_ID: every span of every trace it touched."""
-    from sessiontrace._values import InvalidValue
-    from sessiontrace._values import session_id as valid_session_id
+    """Show the full path of SESSION_ID: every span of every trace it touched.
 
-    try:
-        session_id = valid_session_id(session_id)
-    except InvalidValue as exc:
-        raise click.BadParameter(str(exc), param_hint="SESSION_ID") from exc
+    SESSION_ID is as `sessiontrace sessions` lists it: usually a UUID, but any id other
+    instrumentation set (1 to 256 printable characters).
+
+    \b
+    Exit codes:
+      0  shown
+      1  the store has no span of SESSION_ID
+      2  usage error, or the store or --audit-db could not be read
+    """
+    session_id = _valid_session_id(session_id)
 
     from sessiontrace.sources import SessionNotFound
     from sessiontrace.sources.store import load_session_path
@@ -134,7 +150,16 @@ def _join_audit_log(session_path: SessionPath, audit_db: str) -> None:
 )
 @click.pass_obj
 def demo(store_path: Path, audit_db: str | None) -> None:
-    """Run a small multi-service demo into the store and show its session path."""
+    """Run a small multi-service demo into the store and show its session path.
+
+    \b
+    Exit codes:
+      0  the demo ran and its paths are shown
+      1  it ran, but the audit log could not be read (changes shown from the spans)
+      2  usage error: the demo extra is missing, --audit-db is not a database
+      3  a demo service could not start or failed (its cause is printed)
+    """
+    _check_store_file(store_path)
     from sessiontrace.demo import run_demo
 
     sys.exit(run_demo(store_path, audit_db))
@@ -612,9 +637,51 @@ def _db_reason(exc: Exception) -> str:
     return str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
 
 
+def _valid_session_id(value: str) -> str:
+    """A session id as the store may hold it: a UUID (any case), or any id that other
+    instrumentation set, of 1 to ``MAX_SESSION_ID`` printable characters."""
+    from sessiontrace._values import shown
+
+    if not value or len(value) > MAX_SESSION_ID or not value.isprintable():
+        raise click.BadParameter(
+            f"a session id is 1 to {MAX_SESSION_ID} printable characters, got {shown(value)}",
+            param_hint="SESSION_ID",
+        )
+    return value
+
+
+def _tolerant_output() -> None:
+    """On a terminal or pipe whose encoding is not UTF-8 (``PYTHONIOENCODING=ascii``, a latin-1
+    locale), characters it cannot encode are printed as ``?`` rather than crashing the command."""
+    import io
+
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper) and stream.errors == "strict":
+            encoding = (stream.encoding or "").lower().replace("-", "").replace("_", "")
+            if encoding not in ("utf8", "utf16", "utf32"):
+                stream.reconfigure(errors="replace")
+
+
+def _check_store_file(store_path: Path) -> None:
+    """Refuse a store that exists but is not a regular file: SQLite would block forever opening a
+    FIFO, and fail obscurely on a directory or a device."""
+    import os
+    import stat
+
+    try:
+        mode = os.stat(store_path).st_mode
+    except FileNotFoundError:
+        return  # opening says there is no store; the demo creates it
+    except OSError as exc:
+        _fail(f"--store {store_path}: {exc.strerror or exc}", EXIT_STORE)
+    if not stat.S_ISREG(mode):
+        _fail(f"--store {store_path} is not a regular file (a span store is a SQLite file)", EXIT_STORE)
+
+
 def _open_store(store_path: Path) -> SpanStore:
     from sessiontrace.store import SpanStore, StoreError, StoreNotFound
 
+    _check_store_file(store_path)
     try:
         return SpanStore(store_path, readonly=True)
     except StoreNotFound:

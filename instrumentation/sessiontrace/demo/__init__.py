@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import shlex
 import socket
 import subprocess
@@ -24,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 SERVICES = ("ledger", "intake")
+EXIT_SERVICE = 3
+"""A demo service could not start (the cause is printed, on one line)."""
 _STARTUP_SECONDS = 30.0
 # The demo runs on the embedded defaults: the local model, never a paid API.
 _REMOTE_MODEL_VARIABLES = ("OPENAI_API_KEY", "OPENAI_BASE_URL")
@@ -107,14 +110,20 @@ def run_demo(store_path: Path, audit_db: str | None = None) -> int:
             if name == "intake":
                 command += ["--ledger", f"http://127.0.0.1:{ports['ledger']}"]
             processes[name] = subprocess.Popen(command, env=env, stderr=subprocess.PIPE)
-        for name in SERVICES:
-            _wait_until_up(name, ports[name], processes[name])
-
-        # The "browser": no session of its own, so the intake mints one per claim.
-        for title, claim in CLAIMS:
-            response = httpx.post(f"http://127.0.0.1:{ports['intake']}/claims", json=claim, timeout=30)
-            response.raise_for_status()
-            answers.append({**response.json(), "title": title, "session_id": response.headers["x-session-id"]})
+        try:
+            for name in SERVICES:
+                _wait_until_up(name, ports[name], processes[name])
+            # The "browser": no session of its own, so the intake mints one per claim.
+            for title, claim in CLAIMS:
+                response = httpx.post(f"http://127.0.0.1:{ports['intake']}/claims", json=claim, timeout=30)
+                response.raise_for_status()
+                answers.append({**response.json(), "title": title, "session_id": response.headers["x-session-id"]})
+        except ServiceFailed as exc:
+            print(exc, file=sys.stderr)
+            return EXIT_SERVICE
+        except httpx.HTTPError as exc:
+            print(f"demo service intake failed: {' '.join(str(exc).split())}", file=sys.stderr)
+            return EXIT_SERVICE
     finally:
         _stop(processes)
 
@@ -162,18 +171,34 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+class ServiceFailed(RuntimeError):
+    """A demo service exited, or did not listen, at startup; the message is one line."""
+
+
 def _wait_until_up(name: str, port: int, process: subprocess.Popen[bytes]) -> None:
     deadline = time.monotonic() + _STARTUP_SECONDS
     while time.monotonic() < deadline:
         if process.poll() is not None:
             stderr = process.stderr.read().decode(errors="replace") if process.stderr else ""
-            raise RuntimeError(f"demo service {name} exited with {process.returncode}:\n{stderr}")
+            raise ServiceFailed(f"demo service {name} exited with {process.returncode}: {_cause(stderr)}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.2):
                 return
         except OSError:
             time.sleep(0.05)
-    raise RuntimeError(f"demo service {name} did not listen on port {port} within {_STARTUP_SECONDS:.0f} s")
+    raise ServiceFailed(f"demo service {name} did not listen on port {port} within {_STARTUP_SECONDS:.0f} s")
+
+
+_EXCEPTION_LINE = re.compile(r"[A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt|Failure)\b.*")
+
+
+def _cause(stderr: str) -> str:
+    """The one line of a service's dying words that says why: its traceback's last exception line
+    (``sqlalchemy.exc.OperationalError: ... Connection refused``), else its last line."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    exceptions = [line for line in lines if _EXCEPTION_LINE.fullmatch(line) and ":" in line]
+    cause = exceptions[-1] if exceptions else lines[-1] if lines else "no error output"
+    return " ".join(cause.split())[:500]
 
 
 def _stop(processes: dict[str, subprocess.Popen[bytes]]) -> None:

@@ -102,7 +102,7 @@ def path_document(path: SessionPath) -> dict[str, Any]:
                 "trace_id": trace.trace_id,
                 "start_ns": trace.start_ns,
                 "span_count": trace.span_count,
-                "spans": [_span(root, origin, joined) for root in trace.roots],
+                "spans": _spans(trace.roots, origin, joined),
                 **({"unplaced_changes": [_change(c, origin) for c in trace.unplaced_changes]} if joined else {}),
             }
             for trace in path.traces
@@ -132,11 +132,64 @@ def sessions_document(sessions: Sequence[SessionSummary]) -> dict[str, Any]:
 
 
 def dumps(document: dict[str, Any]) -> str:
-    """Indented, key order kept (it is part of the schema's readability), UTF-8 as is."""
-    return json.dumps(document, indent=2, ensure_ascii=False, default=str)
+    """Indented, key order kept (it is part of the schema's readability), UTF-8 as is; strict JSON
+    (no ``NaN``: non-finite floats are text in the document). Written iteratively, without
+    ``json.dumps``'s recursion, so a trace nested thousands of spans deep is written too; the text
+    is the same as ``json.dumps(document, indent=2, ensure_ascii=False)``."""
+    out: list[str] = []
+    # Work items: text to write as is, or a value to write at an indentation depth.
+    pending: list[str | tuple[Any, int]] = [(document, 0)]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            out.append(item)
+            continue
+        value, depth = item
+        if isinstance(value, Mapping) and value:
+            pairs = list(value.items())
+            inner, outer = "\n" + "  " * (depth + 1), "\n" + "  " * depth
+            work: list[str | tuple[Any, int]] = ["{"]
+            for index, (key, member) in enumerate(pairs):
+                work.append(("," if index else "") + inner + _leaf(str(key)) + ": ")
+                work.append((member, depth + 1))
+            work.append(outer + "}")
+            pending.extend(reversed(work))
+        elif isinstance(value, (list, tuple)) and value:
+            inner, outer = "\n" + "  " * (depth + 1), "\n" + "  " * depth
+            work = ["["]
+            for index, member in enumerate(value):
+                work.append(("," if index else "") + inner)
+                work.append((member, depth + 1))
+            work.append(outer + "]")
+            pending.extend(reversed(work))
+        else:
+            out.append(_leaf(value))
+    return "".join(out)
+
+
+def _leaf(value: Any) -> str:
+    if isinstance(value, Mapping):
+        return "{}"
+    if isinstance(value, (list, tuple)):
+        return "[]"
+    return json.dumps(_plain(value), ensure_ascii=False, allow_nan=False)
+
+
+def _spans(roots: Sequence[PathSpan], origin: int, audit_joined: bool) -> list[dict[str, Any]]:
+    """The documents of ``roots`` and, nested, of their descendants; iterative, for any depth."""
+    documents = [_span(root, origin, audit_joined) for root in roots]
+    pending = list(zip(roots, documents, strict=True))
+    while pending:
+        span, document = pending.pop()
+        for child in span.children:
+            child_document = _span(child, origin, audit_joined)
+            document["children"].append(child_document)
+            pending.append((child, child_document))
+    return documents
 
 
 def _span(span: PathSpan, origin: int, audit_joined: bool = False) -> dict[str, Any]:
+    """The span's document, with an empty ``children`` list (``_spans`` fills it)."""
     # With the audit log joined, each change event says whether an audit row accounts for it.
     unaudited = {id(e) for e in unmatched_change_events(span)} if audit_joined else set()
     document: dict[str, Any] = {
@@ -154,13 +207,13 @@ def _span(span: PathSpan, origin: int, audit_joined: bool = False) -> dict[str, 
         "duration_ms": _ms(span.duration_ns),
         "status": {"code": span.status_code, "message": span.status_message},
         "orphan": span.orphan,
-        "attributes": dict(span.attributes),
+        "attributes": _values(span.attributes),
         "events": [
             {
                 "name": e.name,
                 "time_ns": e.time_ns,
                 "offset_ms": _ms(e.time_ns - origin),
-                "attributes": dict(e.attributes),
+                "attributes": _values(e.attributes),
                 **(
                     {"in_audit_log": id(e) not in unaudited}
                     if audit_joined and e.name == semconv.DB_CHANGE_EVENT
@@ -169,11 +222,13 @@ def _span(span: PathSpan, origin: int, audit_joined: bool = False) -> dict[str, 
             }
             for e in span.events
         ],
-        "links": [{"trace_id": k.trace_id, "span_id": k.span_id, "attributes": dict(k.attributes)} for k in span.links],
+        "links": [
+            {"trace_id": k.trace_id, "span_id": k.span_id, "attributes": _values(k.attributes)} for k in span.links
+        ],
     }
     if audit_joined:
         document["changes"] = [_change(c, origin) for c in span.changes]
-    document["children"] = [_span(child, origin, audit_joined) for child in span.children]
+    document["children"] = []
     return document
 
 

@@ -11,7 +11,7 @@ from rich.text import Text
 
 from sessiontrace.records import SessionSummary
 from sessiontrace.render import _format
-from sessiontrace.render._format import ms, short, timestamp
+from sessiontrace.render._format import escape_text, ms, short, timestamp
 
 # Below this width the descriptive columns are dropped rather than squeezed to a letter each.
 WIDE = 130
@@ -33,7 +33,8 @@ def sessions_table(sessions: Sequence[SessionSummary], *, width: int = WIDE) -> 
         table.add_column("services", overflow="fold")
     for s in sessions:
         started = timestamp(s.first_start_ns)
-        # Text, not markup strings: stored values are untrusted and may contain "[...]".
+        # Text, not markup strings: stored values are untrusted and may contain "[...]" (or control
+        # characters, escaped).
         row = [
             Text(s.session_id),
             Text(started if wide else started[11:19]),
@@ -48,7 +49,7 @@ def sessions_table(sessions: Sequence[SessionSummary], *, width: int = WIDE) -> 
                 Text(short(s.root_name or "-", 40)),
                 Text(", ".join(s.services) or "-"),
             ]
-        table.add_row(*row)
+        table.add_row(*(escape_text(cell) for cell in row))
     return table
 
 

@@ -32,13 +32,14 @@ from sessiontrace import semconv
 from sessiontrace.path import PathSpan, SessionPath, unmatched_change_events
 from sessiontrace.records import StoredChange, StoredEvent
 from sessiontrace.render import _format
-from sessiontrace.render._format import ms, short, timestamp
+from sessiontrace.render._format import escape, escape_text, ms, short, timestamp
 
 MAX_EVENT_ATTRIBUTES = 4
 MAX_EVENTS = 10
 MAX_CHANGES = 20
 MAX_CHANGE_FIELDS = 6
 MAX_CHANGE_VALUE = 40
+MAX_DEPTH = 24
 # Stamped on everything in the session: repeating them under each event is noise.
 _SESSION_KEYS = frozenset(semconv.SESSION_ATTRIBUTES)
 
@@ -56,11 +57,11 @@ def render_tree(path: SessionPath) -> Group:
 def _header(path: SessionPath) -> Text:
     text = Text()
     text.append("session ", style="bold")
-    text.append(path.session_id, style="bold cyan")
+    text.append(escape(path.session_id), style="bold cyan")
     people = [
-        ("user", path.user_id or "-"),
-        ("trigger", path.trigger_source or "-"),
-        ("services", ", ".join(path.services) or "-"),
+        ("user", escape(path.user_id or "-")),
+        ("trigger", escape(path.trigger_source or "-")),
+        ("services", escape(", ".join(path.services) or "-")),
     ]
     sizes = [
         ("spans", str(path.span_count)),
@@ -92,6 +93,7 @@ def _tree(path: SessionPath) -> Tree:
         if trace.unplaced_changes:
             unplaced = branch.add(Text("changes whose span is not stored", style="dim italic"))
             _add_lines(unplaced, [(c.time_ns, _change_line(c, origin)) for c in trace.unplaced_changes], MAX_CHANGES)
+    _escape_labels(root)
     return root
 
 
@@ -103,31 +105,58 @@ def _add_span(
     names: Mapping[str, str],
     audit_joined: bool,
 ) -> None:
-    node = parent.add(_span_line(span, origin, is_first_failure=span is failure, names=names))
-    # A status change without a reason says nothing the span line's status trail does not.
-    events = [e for e in span.events if e.name != semconv.STATUS_CHANGE_EVENT or semconv.STATUS_REASON in e.attributes]
-    others = [e for e in events if e.name != semconv.DB_CHANGE_EVENT]
-    change_events = [e for e in events if e.name == semconv.DB_CHANGE_EVENT]
-    if audit_joined:  # the audit log's own rows replace the change events they account for
-        change_events = unmatched_change_events(span)
-    for event in others[:MAX_EVENTS]:
-        node.add(_event_line(event, event.time_ns - origin))
-    if len(others) > MAX_EVENTS:
-        node.add(Text(f"… {len(others) - MAX_EVENTS} more events", style="dim"))
-    # Changes read in time order with the child spans: a step's update after the call that led to it.
-    changes = [(e.time_ns, _event_line(e, e.time_ns - origin, audit_joined)) for e in change_events]
-    changes += [(c.time_ns, _change_line(c, origin)) for c in span.changes]
-    changes.sort(key=lambda line: line[0])  # stable: same-time lines keep their order
-    hidden = max(0, len(changes) - MAX_CHANGES)
-    entries: list[tuple[int, Text | PathSpan]] = [*changes[:MAX_CHANGES], *((c.start_ns, c) for c in span.children)]
-    entries.sort(key=lambda entry: entry[0])
-    for _, entry in entries:
-        if isinstance(entry, Text):
-            node.add(entry)
-        else:
-            _add_span(node, entry, origin, failure, names, audit_joined)
-    if hidden:
-        node.add(Text(f"… {hidden} more changes", style="dim"))
+    """``span`` and its descendants under ``parent``; iterative, so a trace of any depth renders.
+    Below ``MAX_DEPTH`` levels spans are no longer indented (the terminal has no room left) but
+    listed under the last indented one, each marked with its depth."""
+    line = _span_line(span, origin, is_first_failure=span is failure, names=names)
+    # (span, its node, the node its children's lines go under, its depth)
+    node = parent.add(line)
+    pending = [(span, node, node, 1)]
+    while pending:
+        span, node, holder, depth = pending.pop()
+        # A status change without a reason says nothing the span line's status trail does not.
+        events = [
+            e for e in span.events if e.name != semconv.STATUS_CHANGE_EVENT or semconv.STATUS_REASON in e.attributes
+        ]
+        others = [e for e in events if e.name != semconv.DB_CHANGE_EVENT]
+        change_events = [e for e in events if e.name == semconv.DB_CHANGE_EVENT]
+        if audit_joined:  # the audit log's own rows replace the change events they account for
+            change_events = unmatched_change_events(span)
+        for event in others[:MAX_EVENTS]:
+            node.add(_event_line(event, event.time_ns - origin))
+        if len(others) > MAX_EVENTS:
+            node.add(Text(f"… {len(others) - MAX_EVENTS} more events", style="dim"))
+        # Changes read in time order with the child spans: a step's update after the call that led to it.
+        changes = [(e.time_ns, _event_line(e, e.time_ns - origin, audit_joined)) for e in change_events]
+        changes += [(c.time_ns, _change_line(c, origin)) for c in span.changes]
+        changes.sort(key=lambda line: line[0])  # stable: same-time lines keep their order
+        hidden = max(0, len(changes) - MAX_CHANGES)
+        entries: list[tuple[int, Text | PathSpan]] = [*changes[:MAX_CHANGES], *((c.start_ns, c) for c in span.children)]
+        entries.sort(key=lambda entry: entry[0])
+        for _, entry in entries:
+            if isinstance(entry, Text):
+                node.add(entry)
+            else:  # its line now, in order; its own lines when popped
+                line = _span_line(entry, origin, is_first_failure=entry is failure, names=names)
+                if depth < MAX_DEPTH:
+                    child = node.add(line)
+                    pending.append((entry, child, child, depth + 1))
+                else:
+                    child = holder.add(Text(f"↳ depth {depth + 1}  ", style="dim") + line)
+                    pending.append((entry, child, holder, depth + 1))
+        if hidden:
+            node.add(Text(f"… {hidden} more changes", style="dim"))
+
+
+def _escape_labels(tree: Tree) -> None:
+    """Escape the control characters of every line: span names, messages and attributes are
+    untrusted, and must not drive the operator's terminal."""
+    pending = [tree]
+    while pending:
+        node = pending.pop()
+        if isinstance(node.label, Text):
+            node.label = escape_text(node.label)
+        pending.extend(node.children)
 
 
 def _add_lines(node: Tree, lines: list[tuple[int, Text]], limit: int) -> None:
