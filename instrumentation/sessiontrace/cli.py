@@ -451,7 +451,8 @@ def audit_retire(
     \b
     Exit codes:
       0  retired (or, with --dry-run, listed)
-      1  refused: the chain or the checkpoints do not hold, or months interleave in the chain
+      1  refused: the chain or the checkpoints do not hold, months interleave in the chain,
+         or the log's newest row would go
       2  usage error (options, URL, key variables; the log is not partitioned)
       3  not chained: no audit log table
       4  the database could not be reached, read or changed (dropping needs the log's owner)
