@@ -12,16 +12,24 @@ and three kinds of trigger on the audit table:
 
 ``audit_tables()`` is the trigger mode: an AFTER INSERT/UPDATE/DELETE trigger per audited table
 writes the audit row in the same transaction as the change, so raw SQL and other clients are
-audited too. Who made the change comes from per-transaction settings (``semconv.PG_SETTING_*``)
-that ``set_context()`` writes, or ``instrument_engine()`` writes automatically before each
-statement; a change made without them (psql, a cron job) is still audited, with ``db_user``.
+audited too, and a BEFORE TRUNCATE trigger refuses TRUNCATE (it fires no row trigger). Who made
+the change comes from per-transaction settings (``semconv.PG_SETTING_*``) that ``set_context()``
+writes, or ``instrument_engine()`` writes automatically before each statement; a change made
+without them (psql, a cron job) is still audited, with ``db_user``.
 
 Audit roles
 -----------
 The **owner role** (``owner_role``, NOLOGIN) owns the audit table, its partitions, the secret
-table and the trigger functions. The chain and capture functions are ``SECURITY DEFINER``: they
-run as the owner, which is how they read the key and write the log for clients that cannot.
+table and the trigger functions. The chain function is ``SECURITY DEFINER``: it runs as the
+owner, which is how it reads the key for clients that cannot. EXECUTE on the trigger functions is
+the owner's alone, so only the owner (its members, superusers) can attach them to a table, and the
+chain function refuses any table but the log and its partitions: elsewhere it would HMAC anything.
 Nobody should log in as the owner; migrations run as a superuser or a member of it.
+
+The capture function runs as whoever writes the audited table (``SECURITY INVOKER``), so every
+such role needs INSERT on the log. Run as the owner, ``to_jsonb()`` would have called the cast to
+json of a column's type, and whoever owns that type, or may add a column, could have run code as
+the owner.
 
 The **app role** (``app_role``) is what the application connects as (or is granted to it). On the
 audit log it has INSERT and SELECT only (and USAGE on the ``id`` sequence); it has no access to
@@ -34,10 +42,11 @@ Concurrency
 The chain function takes ``pg_advisory_xact_lock`` before reading the head, so appends are
 serialized until the appending transaction ends: ``seq`` is gap-free in commit order and the
 chain cannot fork. Within a transaction the head is cached in a transaction-local setting bound
-to the transaction id. Any role can write that setting, but a forged head only produces a seq gap
-or a foreign ``prev_hash`` in the forger's own rows, which verification reports (a MAC on the
-cache would cost two more HMACs per row to turn that alarm into an error). The
-head is read under READ COMMITTED semantics; under REPEATABLE READ or SERIALIZABLE a transaction
+to the transaction id. Any role can write that setting, so only a seq >= 1 is believed (seq is
+never below 1): a forged head only produces a seq gap, a repeated seq or a foreign ``prev_hash``
+in the forger's own rows, which verification reports (a MAC on the cache would make a forged one
+useless).
+The head is read under READ COMMITTED semantics; under REPEATABLE READ or SERIALIZABLE a transaction
 whose snapshot predates the last append fails on the ``seq`` unique index rather than forking
 (retry it), and in a partitioned log the per-partition unique index checks this within a month.
 
@@ -103,6 +112,10 @@ _STAMP_TRIGGER = "sessiontrace_stamp"
 _CHAIN_TRIGGER = "sessiontrace_chain"
 _REFUSE_TRIGGER = "sessiontrace_refuse_change"
 _REFUSE_TRUNCATE_TRIGGER = "sessiontrace_refuse_truncate"
+_AUDIT_TRUNCATE_TRIGGER = "sessiontrace_audit_truncate"
+# Trigger functions only the owner (and superusers) may attach to a table: the chain HMACs whatever
+# row it is given. The context function stays PUBLIC: stamp and capture call it as the writer.
+_OWNER_ONLY_FUNCTIONS: Final = ("chain", "capture", "stamp", "refuse")
 # Serializes concurrent install()/ensure_partitions() runs (two app instances starting at once).
 _SETUP_LOCK = 0x5E55_1017_A0D1_7000
 _CONTEXT_OPTION = "sessiontrace_audit_context"
@@ -131,6 +144,11 @@ class _Names:
     @property
     def secret(self) -> str:
         return f"{_quote(self.schema)}.{_quote(self.secret_name)}"
+
+    @property
+    def partition_prefix(self) -> str:
+        """Monthly partitions are ``<table>_pYYYYMM`` (the chain function checks this name first)."""
+        return f"{self.table}_p"
 
     def function(self, role: str) -> str:
         return f"{_quote(self.schema)}.{_quote(f'{self.table}_{role}')}"
@@ -186,6 +204,10 @@ def _render(name: str, names: _Names, pgcrypto: str) -> str:
         "__CAPTURE_FN__": names.function("capture"),
         "__STAMP_FN__": names.function("stamp"),
         "__AUDIT__": names.audit,
+        "__AUDIT_LITERAL__": _literal(names.audit),
+        "__AUDIT_SCHEMA_NAME__": _literal(names.schema),
+        "__AUDIT_TABLE_NAME__": _literal(names.table),
+        "__PARTITION_PREFIX__": _literal(names.partition_prefix),
         "__SECRET__": names.secret,
         "__SECRET_NAME__": names.secret_name.replace("'", "''"),
         "__LOCK_KEY__": str(names.lock_key),
@@ -355,6 +377,7 @@ def _set_ownership_and_grants(
             conn.execute(text(f"ALTER FUNCTION {function} OWNER TO {owner}"))
     for table in tables:
         conn.execute(text(f"REVOKE ALL ON {table} FROM PUBLIC"))
+    _restrict_trigger_functions(conn, names)
     if app_role is not None:
         app = _quote(app_role)
         if schema is not None:
@@ -367,6 +390,23 @@ def _set_ownership_and_grants(
         ).scalar_one_or_none()
         if sequence is not None:
             conn.execute(text(f"GRANT USAGE ON SEQUENCE {sequence} TO {app}"))
+
+
+def _restrict_trigger_functions(conn: Connection, names: _Names) -> None:
+    """EXECUTE on the trigger functions for their owner alone: CREATE TRIGGER needs it, firing
+    does not. A new function is EXECUTE-able by PUBLIC, and default privileges may grant more."""
+    for function in _OWNER_ONLY_FUNCTIONS:
+        signature = f"{names.function(function)}()"
+        conn.execute(text(f"REVOKE ALL ON FUNCTION {signature} FROM PUBLIC"))
+        grantees = conn.execute(
+            text(
+                "SELECT DISTINCT pg_get_userbyid(a.grantee) FROM pg_proc p, aclexplode(p.proacl) a"
+                " WHERE p.oid = CAST(:f AS regprocedure) AND a.grantee NOT IN (0, p.proowner)"
+            ),
+            {"f": signature},
+        ).scalars()
+        for grantee in list(grantees):
+            conn.execute(text(f"REVOKE ALL ON FUNCTION {signature} FROM {_quote(grantee)}"))
 
 
 def uninstall(bind: Engine | Connection, *, audit_table: str = AUDIT_TABLE, schema: str | None = None) -> None:
@@ -404,7 +444,7 @@ def ensure_partitions(
 
 
 def _month_partition(names: _Names, month: date) -> str:
-    return f"{names.table}_p{month.year:04d}{month.month:02d}"
+    return f"{names.partition_prefix}{month.year:04d}{month.month:02d}"
 
 
 def _ensure_partitions(conn: Connection, names: _Names, months_ahead: int) -> list[str]:
@@ -474,8 +514,12 @@ def audit_tables(
     ``exclude[table]`` columns are left out of the audit row entirely (an UPDATE touching only them
     is not audited); ``mask[table]`` columns are recorded as changed with the value ``"[MASKED]"``.
     Primary key columns are read from the catalog now: a table without one is refused, and so is an
-    unknown column name in ``exclude`` or ``mask`` (a typo must not leak what it meant to hide).
-    Re-running replaces the triggers (after a schema change, or to change ``exclude``/``mask``).
+    unknown column name in ``exclude`` or ``mask`` (a typo must not leak what it meant to hide), and
+    a table with inheritance children (their rows changed through it would not be audited;
+    declarative partitions are audited with their table). TRUNCATE of an audited table (or of one
+    of its partitions) is refused: it would remove rows without an audit row. Re-running replaces
+    the triggers (after a schema change, a new partition, or to change ``exclude``/``mask``).
+    Run it as a superuser or a member of the log's owner role: only they may attach its triggers.
     """
     exclude = exclude or {}
     mask = mask or {}
@@ -486,8 +530,23 @@ def audit_tables(
         names = _names(conn, audit_table, schema)
         if _relkind(conn, names.audit) is None:
             raise AuditSetupError(f"{names.schema}.{names.table} does not exist: run install() first")
+        _check_may_attach(conn, names)
         for table in tables:
             _audit_table(conn, names, table, set(exclude.get(table, ())), set(mask.get(table, ())))
+
+
+def _check_may_attach(conn: Connection, names: _Names) -> None:
+    allowed = conn.execute(
+        text("SELECT has_function_privilege(to_regprocedure(:f), 'EXECUTE')"), {"f": f"{names.function('capture')}()"}
+    ).scalar()
+    if allowed is None:
+        raise AuditSetupError(f"{names.schema}.{names.table} has no trigger functions: run install() first")
+    if not allowed:
+        user = conn.execute(text("SELECT current_user")).scalar_one()
+        raise AuditSetupError(
+            f"{user} may not attach the audit triggers of {names.schema}.{names.table}:"
+            " run audit_tables() as a superuser or a member of the log's owner role"
+        )
 
 
 def _audit_table(conn: Connection, names: _Names, table: str, excluded: set[str], masked: set[str]) -> None:
@@ -515,6 +574,22 @@ def _audit_table(conn: Connection, names: _Names, table: str, excluded: set[str]
     if not primary_key:
         raise AuditSetupError(
             f"table {table} has no primary key: audit rows identify records by it (add one, then audit the table)"
+        )
+    # A change made through the parent to a child's rows fires the child's triggers only.
+    # (Partitions get the row triggers with their table, so they are fine.)
+    children = conn.execute(
+        text(
+            "SELECT c.oid::regclass::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+            " WHERE i.inhparent = :o AND NOT c.relispartition ORDER BY 1"
+        ),
+        {"o": oid},
+    ).scalars()
+    inheriting = list(children)
+    if inheriting:
+        raise AuditSetupError(
+            f"table {table} has inheritance children ({', '.join(inheriting)}): their rows changed through"
+            f" {table} would not be audited (use declarative partitioning, whose partitions are audited"
+            " with their table)"
         )
     for label, wanted in (("exclude", excluded), ("mask", masked)):
         if wanted - columns:
@@ -548,6 +623,29 @@ def _audit_table(conn: Connection, names: _Names, table: str, excluded: set[str]
                 f" FOR EACH ROW EXECUTE FUNCTION {names.function('stamp')}({_array_literal(stamps)})"
             )
         )
+    # TRUNCATE fires no row trigger. Statement triggers are not inherited: each partition gets one.
+    for relation in _partition_tree(conn, oid):
+        conn.execute(text(f"DROP TRIGGER IF EXISTS {_quote(_AUDIT_TRUNCATE_TRIGGER)} ON {relation}"))
+        conn.execute(
+            text(
+                f"CREATE TRIGGER {_quote(_AUDIT_TRUNCATE_TRIGGER)} BEFORE TRUNCATE ON {relation}"
+                f" FOR EACH STATEMENT EXECUTE FUNCTION {names.function('refuse')}({_literal(table)})"
+            )
+        )
+
+
+def _partition_tree(conn: Connection, oid: int) -> list[str]:
+    """The table and, when partitioned, all its partitions, qualified and quoted."""
+    return list(
+        conn.execute(
+            text(
+                "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c"
+                " JOIN pg_namespace n ON n.oid = c.relnamespace"
+                " WHERE c.oid = :o OR c.oid IN (SELECT relid FROM pg_partition_tree(:o))"
+            ),
+            {"o": oid},
+        ).scalars()
+    )
 
 
 def unaudit_tables(bind: Engine | Connection, tables: Sequence[str]) -> None:
@@ -555,10 +653,13 @@ def unaudit_tables(bind: Engine | Connection, tables: Sequence[str]) -> None:
     with _transaction(bind) as conn:
         for table in tables:
             qualified = _qualify(table)
-            if conn.execute(text("SELECT to_regclass(:t)"), {"t": qualified}).scalar() is None:
+            oid = conn.execute(text("SELECT to_regclass(:t)::oid"), {"t": qualified}).scalar()
+            if oid is None:
                 continue
             conn.execute(text(f"DROP TRIGGER IF EXISTS {_quote(_AUDIT_TRIGGER)} ON {qualified}"))
             conn.execute(text(f"DROP TRIGGER IF EXISTS {_quote(_STAMP_TRIGGER)} ON {qualified}"))
+            for relation in _partition_tree(conn, oid):
+                conn.execute(text(f"DROP TRIGGER IF EXISTS {_quote(_AUDIT_TRUNCATE_TRIGGER)} ON {relation}"))
 
 
 def _qualify(table: str) -> str:

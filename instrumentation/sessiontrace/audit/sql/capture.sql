@@ -6,10 +6,14 @@
 --      changed_by_user_id, change_timestamp)
 --   5: the recorded columns (all but the excluded and stamp columns), in byte order (text[];
 --      absent from triggers installed by older versions)
--- SECURITY DEFINER (owned by the owner role): any client that may write the table is audited,
--- including roles that may not write the audit log themselves.
+-- SECURITY INVOKER: it runs as whoever writes the table, who therefore needs INSERT on the log
+-- (the chain trigger, not this function, holds the key). As SECURITY DEFINER it ran as the log's
+-- owner, and to_jsonb() calls the cast to json of a column's type: whoever owns that type (or may
+-- add a column to the table) could have run code as the owner. A write by a role without INSERT
+-- on the log fails, so no change goes unaudited. EXECUTE is the owner's alone (install()), so
+-- only the owner, its members and superusers can attach it, through audit_tables().
 CREATE OR REPLACE FUNCTION __CAPTURE_FN__() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER
+LANGUAGE plpgsql SECURITY INVOKER
 SET search_path = pg_catalog, pg_temp
 AS $fn$
 DECLARE

@@ -3,7 +3,12 @@
 --   row_hash = HMAC-SHA256(key, prev_hash || E'\n' || line), hex;
 --   line = LINE_FIELDS as text joined by chr(31), NULL -> '', JSON as jsonb::text,
 --          change_timestamp as integer epoch microseconds.
--- SECURITY DEFINER (owned by the owner role): it reads the key, which the app role cannot.
+-- SECURITY DEFINER (owned by the owner role): it reads the key, which the app role cannot. On a
+-- table of their own it would HMAC any content for anyone, so only the owner may attach it
+-- (install() revokes EXECUTE from PUBLIC) and it refuses to run on any table but the log and its
+-- partitions.
+-- seq is always >= 1: verification starts after seq 0 (or a retirement), and would never read a
+-- row below it.
 CREATE OR REPLACE FUNCTION __CHAIN_FN__() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -17,6 +22,18 @@ DECLARE
     row_line text;
     ignored text;
 BEGIN
+    -- Names fixed at install time: simple expressions, no catalog query (this runs for every row).
+    -- A row trigger on the partitioned log fires on the partition the row goes to; one named
+    -- otherwise (a DEFAULT partition, another schema) is looked up in the catalog.
+    IF TG_TABLE_SCHEMA <> __AUDIT_SCHEMA_NAME__
+       OR (TG_TABLE_NAME <> __AUDIT_TABLE_NAME__ AND NOT starts_with(TG_TABLE_NAME, __PARTITION_PREFIX__)) THEN
+        IF pg_partition_root(TG_RELID) IS DISTINCT FROM to_regclass(__AUDIT_LITERAL__) THEN
+            RAISE EXCEPTION 'sessiontrace: the audit chain function runs only on %.%, not on %.%',
+                __AUDIT_SCHEMA_NAME__, __AUDIT_TABLE_NAME__, TG_TABLE_SCHEMA, TG_TABLE_NAME
+                USING ERRCODE = 'insufficient_privilege';
+        END IF;
+    END IF;
+
     -- Held until commit or rollback: one appender at a time, so the head read below is the head
     -- when this transaction commits, seq stays gap-free and the chain cannot fork.
     -- Calls are assignments, not PERFORM: PL/pgSQL evaluates an assignment as a simple expression,
@@ -31,16 +48,18 @@ BEGIN
     END IF;
 
     -- The head cached by this transaction's previous row, "xid:seq:row_hash". Cheaper than the
-    -- query below (which reads every partition's index in a partitioned log). Only this
-    -- transaction's value is believed; a forged one can only make its own rows fail or break the
-    -- chain visibly (verification reports it), never hide a change.
+    -- query below (which reads every partition's index in a partitioned log). Any role can write
+    -- the setting, so only this transaction's value with a seq >= 1 is believed: a forged one can
+    -- only give its own rows a seq gap, a repeated seq or a foreign prev_hash (verification reports
+    -- them), never a seq below 1. Rows with seq < 1 (forged before this check) are never the head.
     head := string_to_array(current_setting('__HEAD_SETTING__', true), ':');
     IF cardinality(head) = 3 AND head[1] = xid THEN
         prev_seq := head[2]::bigint;
         prev := head[3];
-    ELSE
+    END IF;
+    IF coalesce(prev_seq, 0) < 1 THEN
         SELECT a.seq, a.row_hash INTO prev_seq, prev
-          FROM __AUDIT__ a WHERE a.seq IS NOT NULL ORDER BY a.seq DESC LIMIT 1;
+          FROM __AUDIT__ a WHERE a.seq >= 1 ORDER BY a.seq DESC LIMIT 1;
         IF NOT FOUND THEN
             prev_seq := 0;
             prev := repeat('0', 64);
@@ -68,7 +87,9 @@ BEGIN
         NEW.db_user::text,
         NEW.source::text
     ], chr(31), '');
-    NEW.row_hash := encode(__PGCRYPTO__.hmac(convert_to(prev || E'\n' || row_line, 'UTF8'), k, 'sha256'), 'hex');
+    -- 'sha256'::text makes pgcrypto's hmac(bytea, bytea, text) an exact match: no look-alike
+    -- overload created in its schema can be preferred.
+    NEW.row_hash := encode(__PGCRYPTO__.hmac(convert_to(prev || E'\n' || row_line, 'UTF8'), k, 'sha256'::text), 'hex');
 
     ignored := set_config('__HEAD_SETTING__', xid || ':' || NEW.seq || ':' || NEW.row_hash, true);
     RETURN NEW;

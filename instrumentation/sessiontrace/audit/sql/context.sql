@@ -1,7 +1,8 @@
 -- Who is changing what, from the per-transaction settings set_context() writes
 -- (set_config(name, value, true)). Never fails: an empty or malformed value is NULL, so a write
 -- from psql or from a buggy client is still audited (with db_user). A malformed session id is
--- reported once per transaction as a WARNING.
+-- reported once per transaction as a WARNING. Unlike the trigger functions it stays EXECUTE-able by
+-- PUBLIC: the stamp and capture functions call it as whoever writes the audited table.
 CREATE OR REPLACE FUNCTION __CONTEXT_FN__(
     OUT session_id uuid, OUT user_id text, OUT trace_id text, OUT span_id text
 )
