@@ -13,6 +13,7 @@ from decimal import Decimal
 import pytest
 from sqlalchemy import Engine, ForeignKey, Numeric, String, create_engine, delete, insert, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 
 from _audit_db import scratch_postgres
@@ -198,3 +199,26 @@ def test_coverage_table(
     run(maker, n)
     expected = orm_rows if name == "orm" else trigger_rows
     assert _rows(maker.kw["bind"], None, n) == expected, f"{path} in {name} mode"
+
+
+def test_truncate_row(mode: tuple[str, sessionmaker[Session]]) -> None:
+    """The table's TRUNCATE row: ORM mode cannot see it (no audit row), trigger mode refuses it."""
+    name, maker = mode
+    engine = maker.kw["bind"]
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE IF NOT EXISTS cov_scratch (id int PRIMARY KEY)"))
+        conn.execute(text("INSERT INTO cov_scratch VALUES (1) ON CONFLICT DO NOTHING"))
+    if name == "trigger":
+        audit_tables(engine, ["cov_scratch"])
+        with pytest.raises(DBAPIError, match=r"TRUNCATE of .*cov_scratch refused"), engine.begin() as conn:
+            conn.execute(text("TRUNCATE cov_scratch"))
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM cov_scratch")).scalar_one() == 1
+    else:
+        with engine.connect() as conn:
+            before = conn.execute(text("SELECT count(*) FROM audit_log")).scalar_one()
+        with engine.begin() as conn:
+            conn.execute(text("TRUNCATE cov_scratch"))
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM audit_log")).scalar_one() == before
+            assert conn.execute(text("SELECT count(*) FROM cov_scratch")).scalar_one() == 0
