@@ -22,6 +22,7 @@ import httpx
 import pytest
 import requests
 from opentelemetry import context as otel_context
+from opentelemetry import trace
 from opentelemetry.instrumentation.threading import ThreadingInstrumentor
 from opentelemetry.trace import StatusCode
 
@@ -244,6 +245,36 @@ class TestSessionDecoratedGenerators:
         assert (span.attributes or {})[semconv.TRIGGER_SOURCE] == "queue"
         assert [event.name for event in span.events] == [semconv.SESSION_START_EVENT, semconv.SESSION_END_EVENT]
         assert list(consume(1)) != ids[:1], "every call is a fresh session"
+
+    @pytest.mark.parametrize("kind", ["sync", "async"])
+    def test_a_span_the_body_keeps_open_across_a_yield_stays_current(
+        self, capsession: CapturedSpans, kind: str
+    ) -> None:
+        tracer = trace.get_tracer("test")
+
+        @session(trigger_source="queue", trigger_type="batch")
+        def produce() -> Generator[int, None, None]:
+            with tracer.start_as_current_span("batch"):
+                yield 1
+                with tracer.start_as_current_span("after the yield"):
+                    yield 2
+
+        @session(trigger_source="queue", trigger_type="batch")
+        async def produce_async() -> AsyncGenerator[int, None]:
+            with tracer.start_as_current_span("batch"):
+                yield 1
+                with tracer.start_as_current_span("after the yield"):
+                    yield 2
+
+        async def drain() -> list[int]:
+            return [item async for item in produce_async()]
+
+        items = list(produce()) if kind == "sync" else asyncio.run(drain())
+        assert items == [1, 2]
+        (batch,) = capsession.named("batch")
+        (after,) = capsession.named("after the yield")
+        assert after.parent is not None
+        assert after.parent.span_id == batch.context.span_id
 
     def test_async_generator_body_runs_in_one_session(self, capsession: CapturedSpans) -> None:
         async def main() -> tuple[list[str | None], list[str | None]]:

@@ -242,17 +242,18 @@ def _in_session_generator(
 ) -> Callable[..., Generator[Any, Any, Any]]:
     """Each generator is one session, from its first item to its end (exhaustion, error or
     ``close()``). The session is current only while the generator's own body runs, so it never
-    leaks into the consumer between items."""
+    leaks into the consumer between items, and the body resumes in the context it left at its last
+    ``yield`` (a span it keeps open across one stays current)."""
 
     @functools.wraps(func)
     def run(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
         scope = fresh()
-        context = scope._open(otel_context.get_current())
+        body = scope._open(otel_context.get_current())  # then whatever the body left attached
         generator = func(*args, **kwargs)
         resume: Callable[[Any], Any] = generator.send
         value: Any = None
         while True:
-            token = otel_context.attach(context)
+            token = otel_context.attach(body)
             try:
                 item = resume(value)
             except StopIteration as stop:
@@ -262,12 +263,13 @@ def _in_session_generator(
                 scope._close(error)
                 raise
             finally:
+                body = otel_context.get_current()
                 otel_context.detach(token)
             try:
                 value = yield item
                 resume = generator.send
             except GeneratorExit:  # the consumer stopped early: a normal end of the activity
-                token = otel_context.attach(context)
+                token = otel_context.attach(body)
                 try:
                     generator.close()
                 except BaseException as error:
@@ -291,12 +293,12 @@ def _in_session_async_generator(
     @functools.wraps(func)
     async def run(*args: Any, **kwargs: Any) -> AsyncGenerator[Any, Any]:
         scope = fresh()
-        context = scope._open(otel_context.get_current())
+        body = scope._open(otel_context.get_current())  # then whatever the body left attached
         generator = func(*args, **kwargs)
         resume: Callable[[Any], Awaitable[Any]] = generator.asend
         value: Any = None
         while True:
-            token = otel_context.attach(context)
+            token = otel_context.attach(body)
             try:
                 item = await resume(value)
             except StopAsyncIteration:
@@ -306,12 +308,13 @@ def _in_session_async_generator(
                 scope._close(error)
                 raise
             finally:
+                body = otel_context.get_current()
                 otel_context.detach(token)
             try:
                 value = yield item
                 resume = generator.asend
             except GeneratorExit:
-                token = otel_context.attach(context)
+                token = otel_context.attach(body)
                 try:
                     await generator.aclose()
                 except BaseException as error:
