@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar, cast
@@ -22,6 +22,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
 from sessiontrace import _values, semconv
+from sessiontrace._generators import Finish, Open, async_generator_in_context, generator_in_context
 from sessiontrace._version import __version__
 
 _SESSION_KEY = otel_context.create_key("sessiontrace.session")
@@ -216,9 +217,11 @@ class SessionScope:
         # Generators first: a generator function's call only creates the generator, so a scope
         # around the call would close before the body runs.
         if inspect.isasyncgenfunction(func):
-            return cast(Callable[P, R], _in_session_async_generator(fresh, cast(Callable[..., Any], func)))
+            return cast(
+                Callable[P, R], async_generator_in_context(cast(Callable[..., Any], func), _session_activity(fresh))
+            )
         if inspect.isgeneratorfunction(func):
-            return cast(Callable[P, R], _in_session_generator(fresh, cast(Callable[..., Any], func)))
+            return cast(Callable[P, R], generator_in_context(cast(Callable[..., Any], func), _session_activity(fresh)))
         if inspect.iscoroutinefunction(func):
             async_func = cast(Callable[P, Awaitable[Any]], func)
 
@@ -237,97 +240,19 @@ class SessionScope:
         return run
 
 
-def _in_session_generator(
-    fresh: Callable[[], SessionScope], func: Callable[..., Generator[Any, Any, Any]]
-) -> Callable[..., Generator[Any, Any, Any]]:
-    """Each generator is one session, from its first item to its end (exhaustion, error or
-    ``close()``). The session is current only while the generator's own body runs, so it never
-    leaks into the consumer between items, and the body resumes in the context it left at its last
-    ``yield`` (a span it keeps open across one stays current)."""
+def _session_activity(fresh: Callable[[], SessionScope]) -> Open:
+    """Each generator is one session, from its first item to its end; an early ``close()`` by the
+    consumer is a normal end (see ``_generators``)."""
 
-    @functools.wraps(func)
-    def run(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
+    def open_activity() -> tuple[Context, Finish]:
         scope = fresh()
-        body = scope._open(otel_context.get_current())  # then whatever the body left attached
-        generator = func(*args, **kwargs)
-        resume: Callable[[Any], Any] = generator.send
-        value: Any = None
-        while True:
-            token = otel_context.attach(body)
-            try:
-                item = resume(value)
-            except StopIteration as stop:
-                scope._close(None)
-                return stop.value
-            except BaseException as error:
-                scope._close(error)
-                raise
-            finally:
-                body = otel_context.get_current()
-                otel_context.detach(token)
-            try:
-                value = yield item
-                resume = generator.send
-            except GeneratorExit:  # the consumer stopped early: a normal end of the activity
-                token = otel_context.attach(body)
-                try:
-                    generator.close()
-                except BaseException as error:
-                    scope._close(error)
-                    raise
-                finally:
-                    otel_context.detach(token)
-                scope._close(None)
-                raise
-            except BaseException as error:  # thrown in by the consumer: hand it to the generator
-                resume, value = generator.throw, error
 
-    return run
+        def finish(error: BaseException | None, closed_early: bool) -> None:
+            scope._close(error)
 
+        return scope._open(otel_context.get_current()), finish
 
-def _in_session_async_generator(
-    fresh: Callable[[], SessionScope], func: Callable[..., AsyncGenerator[Any, Any]]
-) -> Callable[..., AsyncGenerator[Any, Any]]:
-    """As ``_in_session_generator``, for async generators."""
-
-    @functools.wraps(func)
-    async def run(*args: Any, **kwargs: Any) -> AsyncGenerator[Any, Any]:
-        scope = fresh()
-        body = scope._open(otel_context.get_current())  # then whatever the body left attached
-        generator = func(*args, **kwargs)
-        resume: Callable[[Any], Awaitable[Any]] = generator.asend
-        value: Any = None
-        while True:
-            token = otel_context.attach(body)
-            try:
-                item = await resume(value)
-            except StopAsyncIteration:
-                scope._close(None)
-                return
-            except BaseException as error:
-                scope._close(error)
-                raise
-            finally:
-                body = otel_context.get_current()
-                otel_context.detach(token)
-            try:
-                value = yield item
-                resume = generator.asend
-            except GeneratorExit:
-                token = otel_context.attach(body)
-                try:
-                    await generator.aclose()
-                except BaseException as error:
-                    scope._close(error)
-                    raise
-                finally:
-                    otel_context.detach(token)
-                scope._close(None)
-                raise
-            except BaseException as error:
-                resume, value = generator.athrow, error
-
-    return run
+    return open_activity
 
 
 def session(

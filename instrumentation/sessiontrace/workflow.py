@@ -50,6 +50,7 @@ from opentelemetry.trace import INVALID_SPAN, Span, SpanKind, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
 from sessiontrace import _attributes, _values, semconv
+from sessiontrace._generators import Finish, Open, async_generator_in_context, generator_in_context
 from sessiontrace._log import warn_once
 from sessiontrace._version import __version__
 from sessiontrace.context import current_session, new_session_id
@@ -549,100 +550,34 @@ _CLOSED_EARLY = "closed before exhaustion"
 def _wrap_generator(
     definition: _Definition, func: Callable[..., Generator[Any, Any, Any]]
 ) -> Callable[..., Generator[Any, Any, Any]]:
-    """The span covers the whole iteration; the context is attached only while the generator's
-    own body runs, so nothing of it leaks into the consumer between items, and the body resumes in
-    the context it left at its last ``yield`` (a step or span it keeps open across one stays current)."""
-    if definition.retries:
-        raise TypeError("retries cannot apply to a generator: items already yielded cannot be taken back")
-
-    @functools.wraps(func)
-    def run(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
-        context = otel_context.get_current()
-        active = definition.open(context, definition.allocate(context), definition.first_attempt)
-        generator = func(*args, **kwargs)
-        resume: Callable[[Any], Any] = generator.send
-        value: Any = None
-        body = active.context  # the body's context: ours at first, then whatever it left attached
-        while True:
-            token = otel_context.attach(body)
-            try:
-                item = resume(value)
-            except StopIteration as stop:
-                active.finish(None)
-                return stop.value
-            except BaseException as error:
-                active.finish(error)
-                raise
-            finally:
-                # A step or span the body opened around a yield must be current again on resume.
-                body = otel_context.get_current()
-                otel_context.detach(token)
-            try:
-                value = yield item
-                resume = generator.send
-            except GeneratorExit:  # the consumer stopped early (close() or garbage collection)
-                token = otel_context.attach(body)
-                try:
-                    generator.close()
-                except BaseException as error:
-                    active.finish(error)
-                    raise
-                finally:
-                    otel_context.detach(token)
-                active.finish(GeneratorExit(), _CLOSED_EARLY)
-                raise
-            except BaseException as error:  # thrown in by the consumer: hand it to the generator
-                resume, value = generator.throw, error
-
-    return run
+    """The span covers the whole iteration (see ``_generators`` for how its context is attached)."""
+    return generator_in_context(func, _generator_activity(definition))
 
 
 def _wrap_async_generator(
     definition: _Definition, func: Callable[..., AsyncGenerator[Any, Any]]
 ) -> Callable[..., AsyncGenerator[Any, Any]]:
     """As ``_wrap_generator``, for async generators."""
+    return async_generator_in_context(func, _generator_activity(definition))
+
+
+def _generator_activity(definition: _Definition) -> Open:
     if definition.retries:
         raise TypeError("retries cannot apply to a generator: items already yielded cannot be taken back")
 
-    @functools.wraps(func)
-    async def run(*args: Any, **kwargs: Any) -> AsyncGenerator[Any, Any]:
+    def open_activity() -> tuple[Context, Finish]:
         context = otel_context.get_current()
         active = definition.open(context, definition.allocate(context), definition.first_attempt)
-        generator = func(*args, **kwargs)
-        resume: Callable[[Any], Awaitable[Any]] = generator.asend
-        value: Any = None
-        body = active.context
-        while True:
-            token = otel_context.attach(body)
-            try:
-                item = await resume(value)
-            except StopAsyncIteration:
-                active.finish(None)
-                return
-            except BaseException as error:
-                active.finish(error)
-                raise
-            finally:
-                body = otel_context.get_current()
-                otel_context.detach(token)
-            try:
-                value = yield item
-                resume = generator.asend
-            except GeneratorExit:
-                token = otel_context.attach(body)
-                try:
-                    await generator.aclose()
-                except BaseException as error:
-                    active.finish(error)
-                    raise
-                finally:
-                    otel_context.detach(token)
-                active.finish(GeneratorExit(), _CLOSED_EARLY)
-                raise
-            except BaseException as error:
-                resume, value = generator.athrow, error
 
-    return run
+        def finish(error: BaseException | None, closed_early: bool) -> None:
+            if closed_early:
+                active.finish(GeneratorExit(), _CLOSED_EARLY)
+            else:
+                active.finish(error)
+
+        return active.context, finish
+
+    return open_activity
 
 
 # --- scopes: context managers and decorators ------------------------------------------------------------
