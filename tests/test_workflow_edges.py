@@ -249,3 +249,19 @@ class TestConfidenceInputs:
         record_review(judged.get_span_context(), "approve", reason="ok")
         (review,) = capsession.named(semconv.GEN_AI_REVIEW_SPAN)
         assert [link.context.span_id for link in review.links] == [judged.get_span_context().span_id]
+
+
+class TestReviewInputs:
+    def test_a_review_needs_a_real_call_and_string_names(self) -> None:
+        from opentelemetry.trace import INVALID_SPAN_CONTEXT, SpanContext, TraceFlags
+
+        from sessiontrace.ai.confidence import record_review
+
+        judged = SpanContext(trace_id=1, span_id=2, is_remote=False, trace_flags=TraceFlags(1))
+        with pytest.raises(ValueError, match="invalid SpanContext"):
+            record_review(INVALID_SPAN_CONTEXT, "approve", reason="looks right")
+        with pytest.raises(ValueError, match="reviewer must be a string"):
+            record_review(judged, "approve", reason="looks right", reviewer=7)
+        with pytest.raises(ValueError, match="label must be a string"):
+            record_review(judged, "override", reason="wrong class", label=3)
+        record_review(judged, "approve", reason="looks right", reviewer="u-7", label="high")

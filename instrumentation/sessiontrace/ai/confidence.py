@@ -86,10 +86,16 @@ def record_review(
     """A human's verdict on an AI call: a ``gen_ai.review`` span linked to the judged call's span
     (which may be in another trace, hours later), carrying an evaluation event named
     ``human_review``. ``decision`` is ``approve`` or ``override``; ``label`` is the human's answer.
-    ``TypeError`` unless ``judged`` is a ``SpanContext``; ``ValueError`` for a bad decision or a
-    reason that is not a non-blank string."""
+    ``TypeError`` unless ``judged`` is a ``SpanContext``; ``ValueError`` for an invalid one (a
+    link to nothing), a bad decision, a reason that is not a non-blank string, or a reviewer or
+    label that is not a string."""
     if not isinstance(judged, SpanContext):
         raise TypeError(f"judged must be a SpanContext (e.g. span.get_span_context()), got {type(judged).__name__}")
+    if not judged.is_valid:
+        raise ValueError("judged is an invalid SpanContext: the review would link to no AI call")
+    for name, value in (("reviewer", reviewer), ("label", label)):
+        if value is not None and not isinstance(value, str):
+            raise ValueError(f"{name} must be a string, got {type(value).__name__}")
     if decision not in ("approve", "override"):
         raise ValueError(f"decision must be 'approve' or 'override', got {decision!r}")
     if not isinstance(reason, str) or not reason.strip():
