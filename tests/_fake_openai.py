@@ -32,6 +32,7 @@ from typing import Any
 REPLY = ["Hello", " from", " the", " fake", " model."]
 LOGPROBS = [-0.01, -0.2, -0.05, -0.1, -0.3]
 PROMPT_TOKENS = 12
+CACHED_TOKENS = 4  # of the prompt tokens, served from the prompt cache
 RESPONSE_ID = "chatcmpl-fake-1"
 RESPONSES_ID = "resp_fake_1"
 TOOL_CALL_ID = "call_fake_1"
@@ -87,11 +88,12 @@ def _logprobs(enabled: bool, tokens: list[str], values: list[float]) -> dict[str
     }
 
 
-def _usage(completion_tokens: int) -> dict[str, int]:
+def _usage(completion_tokens: int) -> dict[str, Any]:
     return {
         "prompt_tokens": PROMPT_TOKENS,
         "completion_tokens": completion_tokens,
         "total_tokens": PROMPT_TOKENS + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": CACHED_TOKENS},
     }
 
 
@@ -214,7 +216,7 @@ def response_object(body: dict[str, Any], tool: bool, status: str = "completed")
                 "input_tokens": PROMPT_TOKENS,
                 "output_tokens": completion_tokens,
                 "total_tokens": PROMPT_TOKENS + completion_tokens,
-                "input_tokens_details": {"cached_tokens": 0},
+                "input_tokens_details": {"cached_tokens": CACHED_TOKENS},
                 "output_tokens_details": {"reasoning_tokens": 0},
             }
             if done

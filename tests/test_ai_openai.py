@@ -143,6 +143,7 @@ def answered(finish: str = "stop", output_tokens: int = len(fake_wire.REPLY), **
         semconv.GEN_AI_RESPONSE_ID: fake_wire.RESPONSE_ID,
         semconv.GEN_AI_RESPONSE_FINISH_REASONS: (finish,),
         semconv.GEN_AI_USAGE_INPUT_TOKENS: fake_wire.PROMPT_TOKENS,
+        semconv.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS: fake_wire.CACHED_TOKENS,
         semconv.GEN_AI_USAGE_OUTPUT_TOKENS: output_tokens,
         **extra,
     }

@@ -68,6 +68,13 @@ def _get(value: Any, key: str) -> Any:
     return found
 
 
+def _cached_tokens(usage: Any, details: str) -> int | None:
+    """Input tokens the provider served from its prompt cache (``usage.<details>.cached_tokens``):
+    part of the input tokens, as the conventions count them."""
+    cached = getattr(getattr(usage, details, None), "cached_tokens", None)
+    return cached if isinstance(cached, int) and not isinstance(cached, bool) else None
+
+
 def _str(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
@@ -269,6 +276,7 @@ class _Chat(_Api):
             ],
             input_tokens=getattr(usage, "prompt_tokens", None),
             output_tokens=getattr(usage, "completion_tokens", None),
+            cache_read_input_tokens=_cached_tokens(usage, "prompt_tokens_details"),
             output_messages=[_chat_output(choice) for choice in choices] if capture else None,
         )
         if choices:
@@ -376,6 +384,7 @@ class _Responses(_Api):
             finish_reasons=[finish_reason] if finish_reason else None,
             input_tokens=getattr(usage, "input_tokens", None),
             output_tokens=getattr(usage, "output_tokens", None),
+            cache_read_input_tokens=_cached_tokens(usage, "input_tokens_details"),
             output_messages=_responses_output(response, finish_reason) if capture else None,
         )
         _record_confidence(call, _responses_logprobs(response))
@@ -495,6 +504,7 @@ class _ChatStream(_StreamScope):
             finish_reasons=[reason for _, reason in sorted(self.finish_reasons.items())],
             input_tokens=getattr(self.usage, "prompt_tokens", None),
             output_tokens=getattr(self.usage, "completion_tokens", None),
+            cache_read_input_tokens=_cached_tokens(self.usage, "prompt_tokens_details"),
             output_messages=messages,
         )
         _record_confidence(self.call, self.logprobs)
