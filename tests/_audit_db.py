@@ -7,7 +7,7 @@ import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from sqlalchemy import create_engine, text
+from sqlalchemy import Engine, Table, create_engine, text
 
 POSTGRES_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432"
 
@@ -36,3 +36,15 @@ def reset_public_schema(url: str) -> None:
             conn.execute(text("CREATE SCHEMA public"))
     finally:
         engine.dispose()
+
+
+def empty_audit_log(engine: Engine, audit: Table, key: bytes) -> None:
+    """Give ``engine``'s database an empty audit log: on PostgreSQL a reset public schema and
+    ``install()`` (the chain trigger keyed with ``key``), elsewhere the ``audit`` table."""
+    if engine.dialect.name == "postgresql":
+        from sessiontrace.audit import postgres as audit_postgres
+
+        reset_public_schema(engine.url.render_as_string(hide_password=False))
+        audit_postgres.install(engine, key=key)
+    else:
+        audit.create(engine)

@@ -121,10 +121,11 @@ class RunningServer:
         return f"http://127.0.0.1:{self.port}"
 
 
-def start_uvicorn(app: Any) -> RunningServer:
+def start_uvicorn(app: Any, sock: socket.socket | None = None) -> RunningServer:
+    """uvicorn serving ``app`` on ``sock`` (default: a free loopback port)."""
     import uvicorn
 
-    sock = bound_socket()
+    sock = sock or bound_socket()
     port = sock.getsockname()[1]
     config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
     server = uvicorn.Server(config)

@@ -38,7 +38,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, rela
 from sqlalchemy.orm.attributes import flag_modified
 
 import sessiontrace
-from _audit_db import reset_public_schema, scratch_postgres
+from _audit_db import empty_audit_log, scratch_postgres
 from sessiontrace.audit import Audited, audit_log_table, enable_auditing
 from sessiontrace.audit.auditor import Auditor
 from sessiontrace.audit.revert import revert_session
@@ -189,14 +189,9 @@ def _database(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> I
     if backend == "sqlite":
         engine = create_engine(f"sqlite:///{tmp_path / 'app.sqlite3'}")
         event.listen(engine, "connect", lambda conn, record: conn.execute("PRAGMA foreign_keys=ON"))
-        AUDIT.create(engine)
     else:
-        from sessiontrace.audit import postgres as audit_postgres
-
-        url = request.getfixturevalue("postgres_url")
-        reset_public_schema(url)
-        engine = create_engine(url)
-        audit_postgres.install(engine, key=KEY)
+        engine = create_engine(request.getfixturevalue("postgres_url"))
+    empty_audit_log(engine, AUDIT, KEY)
     Base.metadata.create_all(engine)
     maker = sessionmaker(engine)
     enable_auditing(maker, audit_table=AUDIT, key=KEY)

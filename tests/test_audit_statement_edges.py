@@ -34,7 +34,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 from sqlalchemy.orm.exc import ObjectDeletedError
 
 import sessiontrace
-from _audit_db import reset_public_schema, scratch_postgres
+from _audit_db import empty_audit_log, scratch_postgres
 from sessiontrace.audit import Audited, AuditEncodingError, AuditError, audit_log_table, enable_auditing
 from sessiontrace.audit.revert import revert_session
 from sessiontrace.testing import CapturedSpans
@@ -119,16 +119,9 @@ def postgres_url() -> Iterator[str]:
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db(request: pytest.FixtureRequest, tmp_path: Path, capsession: CapturedSpans) -> Iterator[Db]:
-    if request.param == "sqlite":
-        engine = create_engine(f"sqlite:///{tmp_path / 'edges.sqlite3'}")
-        AUDIT.create(engine)
-    else:
-        from sessiontrace.audit import postgres as audit_postgres
-
-        url = request.getfixturevalue("postgres_url")
-        reset_public_schema(url)
-        engine = create_engine(url)
-        audit_postgres.install(engine, key=KEY)
+    sqlite_url = f"sqlite:///{tmp_path / 'edges.sqlite3'}"
+    engine = create_engine(sqlite_url if request.param == "sqlite" else request.getfixturevalue("postgres_url"))
+    empty_audit_log(engine, AUDIT, KEY)
     Base.metadata.create_all(engine)
     maker = sessionmaker(engine)
     enable_auditing(maker, audit_table=AUDIT, key=KEY)

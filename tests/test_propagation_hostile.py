@@ -8,8 +8,6 @@ import asyncio
 import json
 import logging
 import socket
-import threading
-import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -30,6 +28,17 @@ from sessiontrace.workflow import current_run, workflow
 
 SIGNING_KEY = b"hostile-test-signing-key-0123456789"
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+def assert_session_received(client: str, url: str, recorder: RunningServer) -> None:
+    """One GET to ``url`` with ``client`` (httpx or requests) inside a session: the recorder got its id."""
+    with session(user_id="alice") as current:
+        if client == "httpx":
+            httpx.get(url, timeout=10)
+        else:
+            requests.get(url, timeout=10)
+    (received,) = recorder.requests
+    assert f"session.id={current.id}" in received["baggage"].split(",")
 
 
 # --- the application under test: it reports the session and run it finds itself in ----------------------
@@ -158,14 +167,7 @@ class TestNumericHosts:
         """2130706433 is 127.0.0.1: the client connects there, so a 127.0.0.0/8 entry covers it."""
         reconfigure(outbound=OutboundPolicy(("127.0.0.0/8",)))
         url = f"http://2130706433:{header_recorder.port}/hook"
-        with session(user_id="alice") as current:
-            if client == "httpx":
-                httpx.get(url, timeout=10)
-            else:
-                requests.get(url, timeout=10)
-
-        (received,) = header_recorder.requests
-        assert f"session.id={current.id}" in received["baggage"].split(",")
+        assert_session_received(client, url, header_recorder)
 
 
 # --- 3. whitespace around signed values ------------------------------------------------------------------
@@ -258,8 +260,6 @@ class TestOneWarningPerReason:
 def start_uvicorn_dual_stack(app: Any) -> RunningServer:
     """uvicorn on an IPv6 socket that accepts IPv4 too (as when listening on "::"), bound to the
     IPv4-mapped loopback address only: IPv4 peers arrive as ::ffff:127.0.0.1."""
-    import uvicorn
-
     sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
@@ -267,22 +267,7 @@ def start_uvicorn_dual_stack(app: Any) -> RunningServer:
     except OSError as error:
         sock.close()
         pytest.skip(f"no dual-stack IPv6 sockets here: {error}")
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            sock.close()
-            pytest.fail("uvicorn did not start on the dual-stack socket")
-        time.sleep(0.01)
-
-    def stop() -> None:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
-
-    return RunningServer(sock.getsockname()[1], stop)
+    return start_uvicorn(app, sock)
 
 
 class TestDualStackPeers:
@@ -460,14 +445,7 @@ class TestAllowListEntries:
     ) -> None:
         reconfigure(outbound=OutboundPolicy(("LocalHost.",)))
         url = f"http://localhost:{header_recorder.port}/allowed"
-        with session(user_id="alice") as current:
-            if client == "httpx":
-                httpx.get(url, timeout=10)
-            else:
-                requests.get(url, timeout=10)
-
-        (received,) = header_recorder.requests
-        assert f"session.id={current.id}" in received["baggage"].split(",")
+        assert_session_received(client, url, header_recorder)
 
 
 class TestUnencodableValues:
