@@ -7,6 +7,8 @@ the SDK and rich are imported inside the commands that need them.
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
@@ -24,7 +26,6 @@ if TYPE_CHECKING:
 EXIT_NOT_FOUND = 1
 EXIT_STORE = 2
 EXIT_USAGE = 2
-EXIT_DEMO_SERVICE = 3
 
 MAX_LIMIT = 1_000_000
 MAX_SESSION_ID = 256
@@ -258,6 +259,25 @@ _SCHEMA_OPTION = click.option(
 )
 
 
+@contextmanager
+def _audit_log_errors(engine: Engine, shown: str) -> Iterator[None]:
+    """What every command reading the audit log reports alike; the engine is disposed after."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from sessiontrace.audit.verify import KeyUnavailableError, NotChainedError
+
+    try:
+        yield
+    except NotChainedError as exc:
+        _fail(f"{shown}: {exc}", EXIT_NOT_CHAINED)
+    except KeyUnavailableError as exc:
+        _fail(str(exc), EXIT_USAGE)
+    except SQLAlchemyError as exc:
+        _fail(f"{shown}: {_db_reason(exc)}", EXIT_DATABASE)
+    finally:
+        engine.dispose()
+
+
 @audit.command(name="verify")
 @_DB_OPTION
 @click.option(
@@ -303,11 +323,9 @@ def audit_verify(
         checkpoint_key = _env_key("--checkpoint-key-env", checkpoint_key_env)
     engine, shown = _audit_engine(url)
 
-    from sqlalchemy.exc import SQLAlchemyError
+    from sessiontrace.audit.verify import verify
 
-    from sessiontrace.audit.verify import KeyUnavailableError, NotChainedError, verify
-
-    try:
+    with _audit_log_errors(engine, shown):
         report = verify(
             engine,
             key=key,
@@ -316,14 +334,6 @@ def audit_verify(
             checkpoints=checkpoints_dir,
             checkpoint_key=checkpoint_key,
         )
-    except NotChainedError as exc:
-        _fail(f"{shown}: {exc}", EXIT_NOT_CHAINED)
-    except KeyUnavailableError as exc:
-        _fail(str(exc), EXIT_USAGE)
-    except SQLAlchemyError as exc:
-        _fail(f"{shown}: {_db_reason(exc)}", EXIT_DATABASE)
-    finally:
-        engine.dispose()
     if report.broken is not None:
         _fail(report.summary(), EXIT_BROKEN)
     if report.unchained_rows:
@@ -375,33 +385,23 @@ def audit_checkpoint(
     chain_key = _env_key("--chain-key-env", chain_key_env) if chain_key_env else None
     engine, shown = _audit_engine(url)
 
-    from sqlalchemy.exc import SQLAlchemyError
-
     from sessiontrace.audit.checkpoint import CheckpointError, write_checkpoint
-    from sessiontrace.audit.verify import KeyUnavailableError, NotChainedError
 
-    try:
-        checkpoint, path = write_checkpoint(
-            engine,
-            out_dir,
-            signing_key=signing_key,
-            chain_key=chain_key,
-            audit_table=audit_table,
-            schema=schema,
-            verify_chain=not no_verify,
-        )
-    except NotChainedError as exc:
-        _fail(f"{shown}: {exc}", EXIT_NOT_CHAINED)
-    except KeyUnavailableError as exc:
-        _fail(str(exc), EXIT_USAGE)
-    except CheckpointError as exc:
-        _fail(str(exc), EXIT_BROKEN)
-    except OSError as exc:
-        _fail(f"--out {out_dir}: {exc}", EXIT_USAGE)
-    except SQLAlchemyError as exc:
-        _fail(f"{shown}: {_db_reason(exc)}", EXIT_DATABASE)
-    finally:
-        engine.dispose()
+    with _audit_log_errors(engine, shown):
+        try:
+            checkpoint, path = write_checkpoint(
+                engine,
+                out_dir,
+                signing_key=signing_key,
+                chain_key=chain_key,
+                audit_table=audit_table,
+                schema=schema,
+                verify_chain=not no_verify,
+            )
+        except CheckpointError as exc:
+            _fail(str(exc), EXIT_BROKEN)
+        except OSError as exc:
+            _fail(f"--out {out_dir}: {exc}", EXIT_USAGE)
     click.echo(f"checkpoint of {checkpoint.table} at seq {checkpoint.seq}: {path}")
 
 
@@ -461,36 +461,28 @@ def audit_retire(
     chain_key = _env_key("--chain-key-env", chain_key_env) if chain_key_env else None
     engine, shown = _audit_engine(url)
 
-    from sqlalchemy.exc import SQLAlchemyError
-
     from sessiontrace.audit.checkpoint import CheckpointError
     from sessiontrace.audit.errors import AuditSetupError
     from sessiontrace.audit.retention import RetentionError, retire_partitions
-    from sessiontrace.audit.verify import KeyUnavailableError, NotChainedError
 
-    try:
-        retirement = retire_partitions(
-            engine,
-            before,
-            checkpoints_dir,
-            signing_key=signing_key,
-            chain_key=chain_key,
-            audit_table=audit_table,
-            schema=schema,
-            dry_run=dry_run,
-        )
-    except NotChainedError as exc:
-        _fail(f"{shown}: {exc}", EXIT_NOT_CHAINED)
-    except (KeyUnavailableError, AuditSetupError) as exc:
-        _fail(str(exc), EXIT_USAGE)
-    except (CheckpointError, RetentionError) as exc:
-        _fail(str(exc), EXIT_BROKEN)
-    except OSError as exc:
-        _fail(f"--checkpoints {checkpoints_dir}: {exc}", EXIT_USAGE)
-    except SQLAlchemyError as exc:
-        _fail(f"{shown}: {_db_reason(exc)}", EXIT_DATABASE)
-    finally:
-        engine.dispose()
+    with _audit_log_errors(engine, shown):
+        try:
+            retirement = retire_partitions(
+                engine,
+                before,
+                checkpoints_dir,
+                signing_key=signing_key,
+                chain_key=chain_key,
+                audit_table=audit_table,
+                schema=schema,
+                dry_run=dry_run,
+            )
+        except AuditSetupError as exc:
+            _fail(str(exc), EXIT_USAGE)
+        except (CheckpointError, RetentionError) as exc:
+            _fail(str(exc), EXIT_BROKEN)
+        except OSError as exc:
+            _fail(f"--checkpoints {checkpoints_dir}: {exc}", EXIT_USAGE)
     if not retirement.partitions:
         click.echo(f"no partition before {before:%Y-%m}: nothing to retire")
         return

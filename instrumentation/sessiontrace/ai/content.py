@@ -52,17 +52,6 @@ def messages_json(messages: Iterable[Mapping[str, Any]] | Any) -> str:
         return _encode({"unencodable": _describe(error)})
 
 
-def cap(text: str, limit: int = MAX_CONTENT_CHARS) -> str:
-    """A JSON document cut to ``limit`` characters that is still JSON (see ``_fit``); text that
-    is not JSON is cut with a marker at its end."""
-    if len(text) <= limit:
-        return text
-    try:
-        return _fit(json.loads(text), limit)
-    except (ValueError, RecursionError):
-        return f"{text[:limit]}…[truncated {len(text) - limit} chars]"
-
-
 def _encode(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 

@@ -196,7 +196,7 @@ class Redactor:
                     kind = type(value)
                     if kind is int or kind is float or kind is bool:
                         continue
-                    new = self.redact(full, value)
+                    new = self._value(full, value)
             else:
                 new = DENIED
             if new is not value:
