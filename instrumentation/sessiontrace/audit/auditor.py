@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -34,7 +34,7 @@ class Auditor:
             self._plans[mapper] = plan
             return plan
 
-    def write(self, connection: Connection, changes: Sequence[Change], timestamp: datetime | None = None) -> None:
+    def write(self, connection: Connection, changes: Iterable[Change], timestamp: datetime | None = None) -> None:
         write_changes(
             connection,
             changes,

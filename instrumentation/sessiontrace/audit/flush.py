@@ -85,8 +85,9 @@ def before_flush(auditor: Auditor, session: Session, flush_context: UOWTransacti
     for obj in session.new:
         if isinstance(obj, Audited):
             stamp = stamp or stamp_values(moment)
-            for key, value in stamp.items():
-                setattr(obj, key, value)
+            # A pending object's INSERT takes its values from its dict, and it has no history to
+            # keep: writing the dict is setattr without the per-attribute event dispatch.
+            instance_state(obj).dict.update(stamp)
     for obj in session.dirty:
         if not isinstance(obj, Audited) or not session.is_modified(obj, include_collections=False):
             continue
@@ -95,8 +96,9 @@ def before_flush(auditor: Auditor, session: Session, flush_context: UOWTransacti
         if plan is not None and _needs_previous(state, plan, deleting=False):
             missing.setdefault(plan, []).append(state)
         stamp = stamp or stamp_values(moment)
+        loaded, manager = state.dict, state.manager
         for key, value in stamp.items():
-            setattr(obj, key, value)
+            manager[key].impl.set(state, loaded, value, None)  # setattr, minus the descriptor
     for obj in session.deleted:
         if isinstance(obj, Audited):
             state = instance_state(obj)
@@ -245,14 +247,17 @@ def after_flush(session: Session, flush_context: UOWTransaction) -> None:
             if row is not None:
                 current[state] = row
 
-    batches: dict[Connection, list[Change]] = {}
-    for plan, state, kind, replaced in work:
-        connection = connection_for(plan)
-        change = _change(plan, state, kind, pending, current.get(state), replaced, connection.dialect)
-        if change is not None:
-            batches.setdefault(connection, []).append(change)
-    for connection, changes in batches.items():
-        auditor.write(connection, changes, pending.moment)
+    batches: dict[Connection, list[tuple[TablePlan, State, str, State | None]]] = {}
+    for item in work:
+        batches.setdefault(connection_for(item[0]), []).append(item)
+    for connection, items in batches.items():
+        # A generator: each change is built while the database stores the ones before it.
+        dialect = connection.dialect
+        changes = (
+            _change(plan, state, kind, pending, current.get(state), replaced, dialect)
+            for plan, state, kind, replaced in items
+        )
+        auditor.write(connection, (change for change in changes if change is not None), pending.moment)
 
 
 def _replaced(session: Session, plan: TablePlan, state: State) -> State | None:

@@ -62,6 +62,8 @@ class TablePlan:
     # Recorded fields every UPDATE may change although the application did not set them:
     # ``onupdate`` / ``server_onupdate`` (``Computed``, triggers' ``FetchedValue``), the version counter.
     on_update: tuple[Field, ...] = ()
+    # The names of ``fields``: every insert's and delete's ``changed_fields``.
+    names: tuple[str, ...] = ()
     # Per dialect class, the primary key's ``KeyForm`` (``None``: as given), or ``None`` when the
     # whole key comes back as given (the common case: nothing to do); filled on first use.
     _key_forms: dict[type[Dialect] | None, tuple[KeyForm | None, ...] | None] = dataclasses.field(default_factory=dict)
@@ -98,17 +100,15 @@ class TablePlan:
 
     def inserted(self, values: Mapping[str, Any], dialect: Dialect | None = None) -> Change:
         """The change for a new row; ``values`` by attribute key (primary key included)."""
-        names = [f.name for f in self.fields]
         new = {f.name: self.encode(f, values[f.key]) for f in self.fields}
         record_id = self.record_id([values[f.key] for f in self.pk], dialect)
-        return Change(self.table_name, record_id, "insert", names, None, new)
+        return Change(self.table_name, record_id, "insert", self.names, None, new)
 
     def deleted(self, values: Mapping[str, Any], dialect: Dialect | None = None) -> Change:
         """The change for a removed row; ``values`` by attribute key (primary key included)."""
-        names = [f.name for f in self.fields]
         old = {f.name: self.encode(f, values[f.key]) for f in self.fields}
         record_id = self.record_id([values[f.key] for f in self.pk], dialect)
-        return Change(self.table_name, record_id, "delete", names, old, None)
+        return Change(self.table_name, record_id, "delete", self.names, old, None)
 
     def updated(
         self,
@@ -280,6 +280,7 @@ def build_plan(
         selected=selected,
         lookup=lookup,
         on_update=on_update,
+        names=tuple(f.name for f in fields),
     )
 
 

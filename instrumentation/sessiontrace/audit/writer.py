@@ -13,7 +13,8 @@ hashes the exact text it stores (see ``chain.py``).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import itertools
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -111,7 +112,7 @@ def _transaction_facts(connection: Connection) -> tuple[str, str | None]:
 
 def write_changes(
     connection: Connection,
-    changes: Sequence[Change],
+    changes: Iterable[Change],
     *,
     audit_table: Table,
     key: bytes | None = None,
@@ -122,83 +123,118 @@ def write_changes(
     """Insert one audit row per change on ``connection`` (inside its transaction) and add a
     ``DB_CHANGE_EVENT`` per change to the current span.
 
-    ``source`` is ``"orm"`` or ``"revert"``; ``timestamp`` defaults to now (UTC). ``key`` is the
-    chain's HMAC key where Python chains (not PostgreSQL, whose trigger holds its own key).
+    ``changes`` may be a generator: on PostgreSQL each row is sent as soon as it is built, so the
+    server stores and chains the first rows while Python still computes the next (the two run on
+    different cores). ``source`` is ``"orm"`` or ``"revert"``; ``timestamp`` defaults to now (UTC).
+    ``key`` is the chain's HMAC key where Python chains (not PostgreSQL, whose trigger holds its
+    own key).
     """
-    if not changes:
+    pending = iter(changes)
+    first = next(pending, None)
+    if first is None:
         return
     if source not in SOURCES:
         raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
     moment = (timestamp or datetime.now(timezone.utc)).astimezone(timezone.utc)
     current = current_session()
-    session_id = current.id if current is not None else None
-    user_id = current.user_id if current is not None else None
     span = trace.get_current_span()
     context = span.get_span_context()
-    trace_id = format(context.trace_id, "032x") if context.is_valid else None
-    span_id = format(context.span_id, "016x") if context.is_valid else None
     transaction_id, db_user = _transaction_facts(connection)
-    postgres = connection.dialect.name == "postgresql"
+    # Everything but the change itself is the same for every row of the batch.
+    common: dict[str, Any] = {
+        "seq": None,
+        "session_id": current.id if current is not None else None,
+        "changed_by_user_id": current.user_id if current is not None else None,
+        "change_timestamp": moment,
+        "trace_id": format(context.trace_id, "032x") if context.is_valid else None,
+        "span_id": format(context.span_id, "016x") if context.is_valid else None,
+        "transaction_id": transaction_id,
+        "db_user": db_user,
+        "source": source,
+        "prev_hash": None,
+        "row_hash": None,
+    }
+    recording = span.is_recording()
+    written: list[tuple[Change, dict[str, Any]]] = []  # for the span events, once all are stored
+
+    def rows() -> Iterator[dict[str, Any]]:
+        for change in itertools.chain((first,), pending):
+            row = _row(change, common)
+            if recording:
+                written.append((change, row))
+            yield row
+
     statement = _statement(audit_table, connection)
+    if connection.dialect.name != "postgresql":
+        built = list(rows())
+        _chain(connection, audit_table, built, statement.render, key or b"")
+        connection.execute(statement.insert, built)
+    elif not _copy(connection, audit_table, rows()):
+        connection.execute(statement.insert, list(rows()))
 
-    rows: list[dict[str, Any]] = []
-    for change in changes:
-        if change.change_type not in CHANGE_TYPES:
-            raise ValueError(f"change_type must be one of {CHANGE_TYPES}, got {change.change_type!r}")
-        changed_fields = list(change.changed_fields)
-        previous = dict(change.previous_values) if change.previous_values is not None else None
-        new = dict(change.new_values) if change.new_values is not None else None
-        rows.append(
-            {
-                "seq": None,
-                "table_name": change.table_name,
-                "record_id": canonical_json(dict(change.record_id)),
-                "change_type": change.change_type,
-                "changed_fields": canonical_json(changed_fields),
-                "previous_values": None if previous is None else canonical_json(previous),
-                "new_values": None if new is None else canonical_json(new),
-                "session_id": session_id,
-                "changed_by_user_id": user_id,
-                "change_timestamp": moment,
-                "trace_id": trace_id,
-                "span_id": span_id,
-                "transaction_id": transaction_id,
-                "db_user": db_user,
-                "source": source,
-                "prev_hash": None,
-                "row_hash": None,
-            }
-        )
-    if not postgres:
-        _chain(connection, audit_table, rows, statement.render, key or b"")
-        connection.execute(statement.insert, rows)
-    elif not _copy(connection, audit_table, rows):
-        connection.execute(statement.insert, rows)
+    if recording:
+        _add_events(span, connection.dialect.name, written, record_values_in_spans)
 
-    if span.is_recording():
-        system = connection.dialect.name
-        for change, row in zip(changes, rows, strict=True):
-            attributes: dict[str, AttributeValue] = {
-                semconv.DB_SYSTEM_NAME: system,
-                semconv.DB_COLLECTION_NAME: change.table_name,
-                semconv.DB_RECORD_ID: row["record_id"],
-                semconv.DB_CHANGE_TYPE: change.change_type,
-                semconv.DB_CHANGED_FIELDS: tuple(change.changed_fields),
-            }
-            if row["seq"] is not None:
-                attributes[semconv.DB_AUDIT_SEQ] = row["seq"]
-            if record_values_in_spans:
-                if change.previous_values is not None:
-                    attributes[semconv.DB_PREVIOUS_VALUES] = canonical_json(dict(change.previous_values))
-                if change.new_values is not None:
-                    attributes[semconv.DB_NEW_VALUES] = canonical_json(dict(change.new_values))
-            span.add_event(semconv.DB_CHANGE_EVENT, attributes)
+
+def _row(change: Change, common: Mapping[str, Any]) -> dict[str, Any]:
+    """The audit row of one change, its JSON columns as the canonical text we store."""
+    if change.change_type not in CHANGE_TYPES:
+        raise ValueError(f"change_type must be one of {CHANGE_TYPES}, got {change.change_type!r}")
+    previous, new = change.previous_values, change.new_values
+    return {
+        **common,
+        "table_name": change.table_name,
+        "record_id": _json_object(change.record_id),
+        "change_type": change.change_type,
+        "changed_fields": _names_json(change.changed_fields),
+        "previous_values": None if previous is None else _json_object(previous),
+        "new_values": None if new is None else _json_object(new),
+    }
+
+
+def _json_object(values: Mapping[str, JsonValue]) -> str:
+    return canonical_json(values if type(values) is dict else dict(values))
+
+
+# Field lists repeat (every insert into a table lists the same columns): their JSON, by tuple.
+_names_texts: dict[tuple[str, ...], str] = {}
+
+
+def _names_json(names: Sequence[str]) -> str:
+    key = names if type(names) is tuple else tuple(names)
+    text = _names_texts.get(key)
+    if text is None:
+        text = canonical_json(list(key))
+        if len(_names_texts) < 10_000:  # bounded: update field lists vary
+            _names_texts[key] = text
+    return text
+
+
+def _add_events(
+    span: trace.Span, system: str, written: Sequence[tuple[Change, Mapping[str, Any]]], with_values: bool
+) -> None:
+    for change, row in written:
+        attributes: dict[str, AttributeValue] = {
+            semconv.DB_SYSTEM_NAME: system,
+            semconv.DB_COLLECTION_NAME: change.table_name,
+            semconv.DB_RECORD_ID: row["record_id"],
+            semconv.DB_CHANGE_TYPE: change.change_type,
+            semconv.DB_CHANGED_FIELDS: tuple(change.changed_fields),
+        }
+        if row["seq"] is not None:
+            attributes[semconv.DB_AUDIT_SEQ] = row["seq"]
+        if with_values:
+            if change.previous_values is not None:
+                attributes[semconv.DB_PREVIOUS_VALUES] = canonical_json(dict(change.previous_values))
+            if change.new_values is not None:
+                attributes[semconv.DB_NEW_VALUES] = canonical_json(dict(change.new_values))
+        span.add_event(semconv.DB_CHANGE_EVENT, attributes)
 
 
 _COPY_COLUMNS = chain.LINE_FIELDS  # every column we set; the chain columns are the trigger's
 
 
-def _copy(connection: Connection, audit_table: Table, rows: list[dict[str, Any]]) -> bool:
+def _copy(connection: Connection, audit_table: Table, rows: Iterable[dict[str, Any]]) -> bool:
     """Append the rows with ``COPY ... FROM STDIN`` when the driver offers it (psycopg 3, sync).
 
     The audit rows of a 2,000-row flush are most of auditing's cost on PostgreSQL; COPY sends them
