@@ -571,3 +571,30 @@ class TestLogs:
         assert semconv.SESSION_ID not in records["outside via stdlib"]
         assert semconv.SESSION_ID not in records["outside via api"]
         assert out["formatted"] == [f"{sid} inside via stdlib", "- outside via stdlib"]
+
+    def test_provider_set_after_configure_is_stamped(self, tmp_path: Path) -> None:
+        result = run(
+            """
+            import json
+            from opentelemetry import _logs
+            from opentelemetry.sdk._logs import LoggerProvider
+            from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
+            import sessiontrace
+
+            sessiontrace.configure(exporter="none")  # tracing first, logging afterwards
+            exporter = InMemoryLogRecordExporter()
+            logger_provider = LoggerProvider()
+            logger_provider.add_log_record_processor(SimpleLogRecordProcessor(exporter))
+            _logs.set_logger_provider(logger_provider)
+
+            with sessiontrace.session(user_id="dora") as s:
+                logger_provider.get_logger("direct").emit(body="inside")
+            finished = exporter.get_finished_logs()
+            records = {str(r.log_record.body): dict(r.log_record.attributes or {}) for r in finished}
+            print(json.dumps({"session_id": s.id, "records": records}, default=list))
+            """,
+            tmp_path,
+        )
+        out = output(result)
+        assert out["records"]["inside"].get(semconv.SESSION_ID) == out["session_id"], out
+        assert out["records"]["inside"][semconv.USER_ID] == "dora"

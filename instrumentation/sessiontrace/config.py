@@ -216,7 +216,7 @@ def configure(
         # First, before the application's exporting processors (and ours, added below).
         install_redaction(provider, redactor)
         install_log_redaction(redactor)
-        _redact_later_logger_providers(redactor)
+        _watch_later_logger_providers(redactor, stamp_logs)
         if not _has_processor(provider, SessionSpanProcessor):
             provider.add_span_processor(SessionSpanProcessor())
         installed = _our_exporting(provider)
@@ -339,17 +339,20 @@ def _stamp_otel_logs() -> None:
 
 _log_redactor: Redactor | None = None
 """The redactor of the last ``configure()``: what a ``LoggerProvider`` registered after it gets."""
+_log_stamping = False
+"""Whether the last ``configure()`` stamps logs: a ``LoggerProvider`` registered after it is stamped too."""
 _log_hook_installed = False
 
 
-def _redact_later_logger_providers(redactor: Redactor | None) -> None:
-    """Redact the log records of an SDK ``LoggerProvider`` registered *after* ``configure()`` too
-    (logging is often set up after tracing). The API has no hook for that: the module function
-    that ``set_logger_provider()`` (and the ``OTEL_PYTHON_LOGGER_PROVIDER`` path) calls is wrapped,
-    once per process. If the API's internals differ, a warning says so once. Called under ``_lock``."""
-    global _log_redactor, _log_hook_installed
-    _log_redactor = redactor
-    if _log_hook_installed or redactor is None:
+def _watch_later_logger_providers(redactor: Redactor | None, stamp: bool) -> None:
+    """Redact and stamp the log records of an SDK ``LoggerProvider`` registered *after*
+    ``configure()`` too (logging is often set up after tracing). The API has no hook for that: the
+    module function that ``set_logger_provider()`` (and the ``OTEL_PYTHON_LOGGER_PROVIDER`` path)
+    calls is wrapped, once per process. If the API's internals differ, a warning says so once.
+    Called under ``_lock``."""
+    global _log_redactor, _log_stamping, _log_hook_installed
+    _log_redactor, _log_stamping = redactor, stamp
+    if _log_hook_installed or (redactor is None and not stamp):
         return
     try:
         from opentelemetry._logs import _internal
@@ -360,23 +363,26 @@ def _redact_later_logger_providers(redactor: Redactor | None) -> None:
         warn_once(
             "config:logs-later",
             "sessiontrace: cannot watch for a LoggerProvider set after configure(); its log records will "
-            "NOT be redacted: set it before configure(), or call install_log_redaction(redactor, provider)",
+            "NOT be redacted nor carry the session: set it before configure(), or call "
+            "install_log_redaction(redactor, provider)",
         )
         return
 
     def _set_logger_provider(*args: Any, **kwargs: Any) -> Any:
         result = original(*args, **kwargs)
-        if _log_redactor is not None:
-            try:
+        try:
+            if _log_redactor is not None:
                 install_log_redaction(_log_redactor)
-            except Exception as error:  # never break the application's logging setup
-                warn_once(
-                    "config:logs-later-failed",
-                    "sessiontrace: could not install log redaction on the new LoggerProvider (%s: %s); "
-                    "its log records are NOT redacted",
-                    type(error).__name__,
-                    error,
-                )
+            if _log_stamping:
+                _stamp_otel_logs()
+        except Exception as error:  # never break the application's logging setup
+            warn_once(
+                "config:logs-later-failed",
+                "sessiontrace: could not install log redaction and session stamping on the new "
+                "LoggerProvider (%s: %s); its log records are NOT redacted",
+                type(error).__name__,
+                error,
+            )
         return result
 
     _internal._set_logger_provider = _set_logger_provider
