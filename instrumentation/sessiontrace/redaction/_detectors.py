@@ -10,6 +10,10 @@ shapes only where a trigger occurs. Each shape checks the trigger it follows wit
 the part of a value that lies *before* its trigger (an email's local part, an IBAN's country
 code, the ``+`` of a phone number) is found by the shape's validator.
 
+Characters that stand for ASCII ones in numbers (full-width digits, no-break and ideographic
+spaces, Unicode hyphens) are folded to them first, one for one (``fold()``): every shape is written
+for ASCII, and a value found in the folded text is at the same place in the original.
+
 A regular expression only proposes candidates. Validation in Python decides: the Luhn checksum
 for card numbers, ISO 7064 mod 97 for IBANs, the assignment rules for SSNs and National
 Insurance numbers, digit counts for phone numbers, the key name for ``password=...``. A candidate
@@ -101,7 +105,7 @@ def iban_checksum(iban: str) -> bool:
         return False
 
 
-_SEPARATORS: Final = str.maketrans("", "", " .-()+")
+_SEPARATORS: Final = str.maketrans("", "", " .-()+/")
 _CARD_SEPARATORS: Final = frozenset(" -")
 
 
@@ -115,20 +119,32 @@ def _is_card(digits: str) -> bool:
     return 13 <= len(digits) <= 19 and digits[0] in "23456" and luhn(digits)
 
 
+_DOTTED_CARD: Final = re.compile(
+    r"[0-9]{4}(?:\.[0-9]{4}){3}(?:\.[0-9]{1,3})?"  # 4.4.4.4, and the tail of a 17-19 digit card
+    r"|[0-9]{4}\.[0-9]{6}\.[0-9]{4,5}"  # Amex 4.6.5, Diners 4.6.4
+)
+"""Dots separate a card's digits only in its printed groups: a decimal (3.141592653589793) or
+thousands separated by dots is no card, whatever its checksum."""
+
+
+def _is_card_run(run: str) -> bool:
+    return ("." not in run or _DOTTED_CARD.fullmatch(run) is not None) and _is_card(_digits(run))
+
+
 def _card(text: str, start: int, end: int) -> int | tuple[int, int] | None:
-    if _is_card(_digits(text[start:end])):
+    if _is_card_run(text[start:end]):
         return start
     # The run may hold a card and more digits after a separator (an expiry, a CVV): its pieces
     # that end at a separator, longest first. (Digits before the card are another start: the
     # scan resumes at the run's next separator.)
     for stop in range(end - 1, start, -1):
-        if text[stop] in _CARD_SEPARATORS and _is_card(_digits(text[start:stop])):
+        if text[stop] in _CARD_SEPARATORS and _is_card_run(text[start:stop]):
             return start, stop
     return None
 
 
 def _ssn(text: str, start: int, end: int) -> int | None:
-    area, group, serial = text[start:end].split("-")
+    area, group, serial = text[start:end].replace(" ", "-").split("-")
     # SSA rules: no area 000, 666 or 9xx, no group 00, no serial 0000.
     if area in ("000", "666") or area[0] == "9" or group == "00" or serial == "0000":
         return None
@@ -178,7 +194,17 @@ def _nino(text: str, start: int, end: int) -> int | None:
     return None
 
 
-_LOCAL_PART_REVERSED: Final = re.compile(r"[\w.%+'-]{1,64}")
+_MARKS: Final = (
+    "\u0300-\u036f"  # combining diacritics: a decomposed é is e and U+0301
+    "\u0483-\u0489\u0591-\u05c7\u0610-\u061a\u064b-\u065f\u0670\u06d6-\u06ed"  # Cyrillic, Hebrew, Arabic
+    "\u0900-\u0dff\u0e00-\u0eff\u0f00-\u0fff\u1000-\u109f\u1780-\u17ff"  # Indic to Sinhala, Thai to Khmer
+    "\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f"  # combining extensions and supplements
+    "\u3099\u309a"  # kana voicing marks (a decomposed が)
+)
+"""Combining marks (in a character class), which ``\\w`` lacks though they belong to the word they
+are in: the vowel signs of Indic and Southeast Asian scripts (their blocks whole), accents."""
+
+_LOCAL_PART_REVERSED: Final = re.compile(rf"[\w{_MARKS}.%+'-]{{1,64}}")
 
 
 def _email(text: str, start: int, end: int) -> int | None:
@@ -276,17 +302,30 @@ class _Shape:
 _DIGITS: Final = "0-9"
 _JSON_ESCAPE: Final = r"(?<=\\[nrt])"
 """After a JSON escape (``\\n``...): a separator, though its letter is a word character."""
-_AFTER_SEPARATOR: Final = rf"(?<=(?:(?<![\w.-])|{_JSON_ESCAPE})[0-9])"
+_ASCII_WORD: Final = "A-Za-z0-9_"
+"""What a number must not continue (in a character class): an ASCII word. Not ``\\w``: CJK text
+has no spaces, and a number there starts right after a kana or an ideograph."""
+_AFTER_SEPARATOR: Final = rf"(?<=(?:(?<![{_ASCII_WORD}.-])|{_JSON_ESCAPE})[0-9])"
 """The digit trigger does not continue a word, a decimal or a dashed id (UUID groups)."""
 
 SHAPES: Final = (
     _Shape(
         "email",
         "@",
-        r"(?<=[\w%+-]@)[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63}){0,8}\.[A-Za-z]{2,24}(?![\w-])",
+        # Domain labels and the top-level domain in any script (internationalised: exämple.com,
+        # 例子.中国, डाटा.भारत); the TLD starts with a letter, so pkg@1.2.3 is no address.
+        rf"(?<=[\w{_MARKS}%+-]@)[\w{_MARKS}-]{{1,63}}(?:\.[\w{_MARKS}-]{{1,63}}){{0,8}}"
+        rf"\.[^\W\d_][\w{_MARKS}]{{1,23}}(?![\w{_MARKS}-])",
         _email,
     ),
-    _Shape("jwt", "J", rf"(?<=(?:(?<![\w-])|{_JSON_ESCAPE})eyJ)[\w-]{{7,}}\.eyJ[\w-]{{7,}}\.[\w-]*(?![\w-])", _jwt),
+    _Shape(
+        "jwt",
+        "J",
+        # header.payload.signature; the signature and the payload's end may be missing: a size cap
+        # before ours cut the token, and the claims before the cut are still personal data.
+        rf"(?<=(?:(?<![\w-])|{_JSON_ESCAPE})eyJ)[\w-]{{7,}}\.eyJ[\w-]*(?:\.[\w-]*)?(?![\w-])",
+        _jwt,
+    ),
     _Shape(
         "api_key",
         r"\-_KSz",
@@ -310,20 +349,43 @@ SHAPES: Final = (
         r"(?:[^\s\"'&,;<>\\]|\\\\|\\(?![\"nrt])){6,}",
         _secret,
     ),
-    _Shape("card", _DIGITS, _AFTER_SEPARATOR + r"(?:[ -]?[0-9]){12,18}(?![\w-])", _card, number=True, split=True),
-    _Shape("ssn", _DIGITS, _AFTER_SEPARATOR + r"[0-9]{2}-[0-9]{2}-[0-9]{4}(?![\w-])", _ssn, number=True, split=True),
+    _Shape(
+        "card",
+        _DIGITS,
+        # 13-19 digits, grouped by blanks, dashes or dots (_card checks where the dots are)
+        _AFTER_SEPARATOR + rf"(?:[ .-]?[0-9]){{12,18}}(?![{_ASCII_WORD}-])",
+        _card,
+        number=True,
+        split=True,
+    ),
+    _Shape(
+        "ssn",
+        _DIGITS,
+        # 123-45-6789, or 123 45 6789 standing alone (not three numbers of a longer row)
+        _AFTER_SEPARATOR
+        + rf"[0-9]{{2}}(?:-[0-9]{{2}}-[0-9]{{4}}|(?<![0-9] [0-9]{{3}}) [0-9]{{2}} [0-9]{{4}}(?! [0-9]))"
+        rf"(?![{_ASCII_WORD}-])",
+        _ssn,
+        number=True,
+        split=True,
+    ),
     _Shape(
         "phone",
         _DIGITS,
-        # +44 20 7946 0958 (8-15 digits); (415) 555-0132; 415-555-0132, 020 7946 0958 (10-11 digits,
-        # ending in 4: a date and time, 2024-01-15 10:30, is not a phone number)
-        rf"(?:(?<=(?:(?<![\w+])|{_JSON_ESCAPE})\+[0-9])"
-        r"(?=(?:[ .()-]{0,2}[0-9]){7})"
-        r"[0-9]{0,2}(?:[ .-]?\([0-9]{1,4}\))?(?:[ .-]?[0-9]{2,8}){1,5}"
-        rf"|(?<=(?:(?<!\w)|{_JSON_ESCAPE})\([0-9])[0-9]{{0,3}}\)[ .-]?[0-9]{{2,4}}(?:[ .-][0-9]{{2,4}}){{1,3}}"
-        rf"|(?<=(?:(?<![\w+(.-])|{_JSON_ESCAPE})[0-9])"
-        r"(?=(?:[ .-]?[0-9]){9})[0-9]{0,3}(?:[ .-][0-9]{2,4}){0,3}[ .-][0-9]{4})"
-        r"(?![\w-]|\.[0-9])",
+        # +44 20 7946 0958, +49 30/1234567 (8-15 digits); (415) 555-0132; 415-555-0132, 020 7946 0958
+        # (10-11 digits, ending in 4: a date and time, 2024-01-15 10:30, is not a phone number);
+        # 0171/1234567, 089/123 456 78 (a trunk 0, the area code, a slash and 5 digits or more: not
+        # a date, 01/23/2024, nor a path, /0171/1234567/)
+        rf"(?:(?<=(?:(?<![{_ASCII_WORD}+])|{_JSON_ESCAPE})\+[0-9])"
+        r"(?=(?:[ .()/-]{0,2}[0-9]){7})"
+        r"[0-9]{0,2}(?:[ .-]?\([0-9]{1,4}\))?(?:[ ./-]?[0-9]{2,8}){1,5}"
+        rf"|(?<=(?:(?<![{_ASCII_WORD}])|{_JSON_ESCAPE})\([0-9])"
+        r"[0-9]{0,3}\)[ .-]?[0-9]{2,4}(?:[ .-][0-9]{2,4}){1,3}"
+        rf"|(?<=(?:(?<![{_ASCII_WORD}+(.-])|{_JSON_ESCAPE})[0-9])"
+        r"(?=(?:[ .-]?[0-9]){9})[0-9]{0,3}(?:[ .-][0-9]{2,4}){0,3}[ .-][0-9]{4}"
+        rf"|(?<=(?:(?<![{_ASCII_WORD}+(./-])|{_JSON_ESCAPE})0)"
+        r"[0-9]{1,4}/(?=(?:[ .-]?[0-9]){5})[0-9]{2,8}(?:[ .-][0-9]{2,8}){0,3}(?!/))"
+        rf"(?![{_ASCII_WORD}-]|\.[0-9])",
         _phone,
         number=True,
         split=True,
@@ -358,11 +420,43 @@ def _guard(trigger: str) -> str:
         # phone), or one after two capitals (IBAN, NINO), can be a shape. Dates, amounts and order
         # numbers in prose mostly fail here, in one fast single-character repeat of the regex
         # engine, without reaching the shapes or Python.
-        return r"(?<=[0-9])(?:(?=[0-9 ().-]{8})|(?<=[A-Z]{2}[0-9])|(?<=[A-Z]{2} [0-9]))"
+        return r"(?<=[0-9])(?:(?=[0-9 ()./-]{8})|(?<=[A-Z]{2}[0-9])|(?<=[A-Z]{2} [0-9]))"
     return f"(?<=[{trigger}])"
 
 
 _NON_DIGIT: Final = re.compile("[^0-9]")
+
+_LOOKALIKES: Final = {
+    **{chr(0xFF10 + digit): str(digit) for digit in range(10)},  # FULLWIDTH DIGIT ZERO ... NINE
+    "\uff0b": "+",  # FULLWIDTH PLUS SIGN
+    "\uff08": "(",  # FULLWIDTH LEFT PARENTHESIS
+    "\uff09": ")",  # FULLWIDTH RIGHT PARENTHESIS
+    "\uff0d": "-",  # FULLWIDTH HYPHEN-MINUS
+    "\u2010": "-",  # HYPHEN
+    "\u2011": "-",  # NON-BREAKING HYPHEN
+    "\u2012": "-",  # FIGURE DASH
+    "\u00a0": " ",  # NO-BREAK SPACE
+    "\u2007": " ",  # FIGURE SPACE
+    "\u2009": " ",  # THIN SPACE
+    "\u202f": " ",  # NARROW NO-BREAK SPACE
+    "\u3000": " ",  # IDEOGRAPHIC SPACE
+}
+"""Characters that stand for an ASCII digit, sign or blank in numbers: what CJK input methods type,
+what word processors and locales put between digit groups."""
+
+
+def fold(text: str) -> str:
+    """``text`` with its look-alikes made ASCII, one character for one: the detectors read the
+    folded text, and a value found there is at the same place in the original."""
+    if text.isascii():
+        return text
+    # One scan in C per look-alike (Latin-1 text cannot hold those above U+00FF: no scan at all).
+    # str.translate costs ten times more: a dictionary look-up for every character.
+    for lookalike, plain in _LOOKALIKES.items():
+        if lookalike in text:
+            text = text.replace(lookalike, plain)
+    return text
+
 
 _CLEAN_CACHE_CHARS: Final = 256
 """Strings up to this long that the detectors leave unchanged are remembered (and nothing else)."""
@@ -404,18 +498,23 @@ _API_KEY_CANDIDATES: Final = (
 # Before a number: not a word character, but the letter of a JSON escape may be (``\\n4111...``).
 _NUMBER_CANDIDATES: Final = {
     "card": (
-        r"[^0-9A-Za-mo-qsu-z_.\-][0-9](?:[ \-]?[0-9]){12}",
-        r"(?:[0-9][ \-]?){12}[0-9][^0-9A-Za-mo-qsu-z_.\-]",
+        r"[^0-9A-Za-mo-qsu-z_.\-][0-9](?:[ .\-]?[0-9]){12}",
+        r"(?:[0-9][ .\-]?){12}[0-9][^0-9A-Za-mo-qsu-z_.\-]",
         1,
     ),
     "ssn": (
-        r"[^0-9A-Za-mo-qsu-z_.\-][0-9]{3}-[0-9]{2}-[0-9]{4}",
-        r"[0-9]{4}-[0-9]{2}-[0-9]{3}[^0-9A-Za-mo-qsu-z_.\-]",
+        r"[^0-9A-Za-mo-qsu-z_.\-][0-9]{3}(?:-[0-9]{2}-| [0-9]{2} )[0-9]{4}",
+        r"[0-9]{4}(?:-[0-9]{2}-| [0-9]{2} )[0-9]{3}[^0-9A-Za-mo-qsu-z_.\-]",
         1,
     ),
     "phone": (
-        r"\+[0-9](?:[ .()\-]{0,2}[0-9]){7}",
-        r"(?:[0-9][ .()\-]{0,2}){7}[0-9]\+",
+        r"\+[0-9](?:[ .()/\-]{0,2}[0-9]){7}",
+        r"(?:[0-9][ .()/\-]{0,2}){7}[0-9]\+",
+        1,
+    ),
+    "phone /": (
+        r"[^0-9A-Za-mo-qsu-z_+(./\-]0[0-9]{1,4}/(?:[ .\-]?[0-9]){5}",
+        r"(?:[0-9][ .\-]?){5}/[0-9]{1,4}0[^0-9A-Za-mo-qsu-z_+(./\-]",
         1,
     ),
     "phone (": (
@@ -567,16 +666,17 @@ class Scanner:
             clean = self._clean
             if text in clean:
                 return text
-            result = self._search(text)
+            result = self._search(text, fold(text))
             if result is text:
                 if len(clean) >= _CLEAN_CACHE_SIZE:
                     clean.clear()
                 clean.add(text)
             return result
+        folded = fold(text)
         finder = self._finder
-        if finder is not None and len(text) >= FINDER_MIN_CHARS and (text.isascii() or _KELVIN not in text):
+        if finder is not None and len(text) >= FINDER_MIN_CHARS and (folded.isascii() or _KELVIN not in folded):
             try:
-                candidates = finder.find(text)
+                candidates = finder.find(folded)
             except Exception as error:  # hyperscan could not scan it: the pure re path gives the same answer
                 warn_once(
                     "redaction:hyperscan",
@@ -584,43 +684,44 @@ class Scanner:
                     type(error).__name__,
                     error,
                 )
-                return self._search(text)
-            return self._at(text, candidates)
-        return self._search(text)
+                return self._search(text, folded)
+            return self._at(text, folded, candidates)
+        return self._search(text, folded)
 
     def scan_re(self, text: str) -> str:
         """``scan`` by the pure ``re`` path alone, uncached: the reference the fast paths must equal."""
         if self._pattern is None or len(text) < SHORTEST:
             return text
-        return self._search(text)
+        return self._search(text, fold(text))
 
-    def _search(self, text: str) -> str:
-        """The reference scan: ``search()`` from the start, then from after each value or miss."""
+    def _search(self, text: str, folded: str) -> str:
+        """The reference scan: ``search()`` from the start, then from after each value or miss. The
+        detectors read ``folded``; the markers replace the values in ``text``."""
         assert self._pattern is not None
         search = self._pattern.search
-        match = search(text)
+        match = search(folded)
         if match is None:
             return text
         pieces: list[str] = []
         kept = 0  # text[:kept] is already in pieces
         while match is not None:
-            name, start, end = self._validate(text, match)
+            name, start, end = self._validate(folded, match)
             if not name:  # nothing there: look again from the next character, or further in a number
-                match = search(text, end)
+                match = search(folded, end)
                 continue
             start = max(start, kept)
             pieces.append(text[kept:start])
             pieces.append(self._markers[name])
             kept = end
-            match = search(text, end)
+            match = search(folded, end)
         if not pieces:
             return text
         pieces.append(text[kept:])
         return "".join(pieces)
 
-    def _at(self, text: str, candidates: list[int]) -> str:
+    def _at(self, text: str, folded: str, candidates: list[int]) -> str:
         """``_search`` with the pattern tried only at ``candidates`` (sorted): the same result, since
-        ``search(text, pos)`` is ``match()`` at the first place from ``pos`` where it succeeds, and
+        ``search(folded, pos)`` is ``match()`` at the first place from ``pos`` where it succeeds, and
         every such place is a candidate."""
         assert self._pattern is not None
         match_at = self._pattern.match
@@ -632,10 +733,10 @@ class Scanner:
             if at < position or at == tried:
                 continue
             tried = at
-            match = match_at(text, at)
+            match = match_at(folded, at)
             if match is None:
                 continue
-            name, start, end = self._validate(text, match)
+            name, start, end = self._validate(folded, match)
             if not name:
                 position = end
                 continue

@@ -37,6 +37,9 @@ captured prompt keeps its own truncation marker; far below what OTLP backends re
 _SCAN_SLACK: Final = 512
 """Characters scanned beyond the cap, so a secret cut by the cap is still recognised and removed."""
 
+_TOKEN_RUN: Final = re.compile(r"[A-Za-z0-9_.-]*")
+"""A run of the characters of JWTs, API keys, base64url and hex (matched forwards or backwards)."""
+
 DEFAULT_ALLOW_KEYS: Final = (
     # Identifiers we stamp on purpose. Scrubbing them breaks the one thing this library is for
     # (a peer tool scrubbed session ids that way). ``user.id`` is here deliberately: it is the
@@ -265,12 +268,24 @@ class Redactor:
                 text = replacement
         if window_cut and limit is not None:
             # Only the window was scanned, and its last _SCAN_SLACK characters without what follows
-            # them (half an email): they are never kept, even when markers shortened the text.
-            keep = max(0, min(limit, len(text) - _SCAN_SLACK))
+            # them (half an email): they are never kept, even when markers shortened the text; nor
+            # is a token longer than that which the window's end cut.
+            keep = _before_cut_token(text, max(0, min(limit, len(text) - _SCAN_SLACK)))
             text = _cap(text, keep, max(len(value), len(text)) - keep)
         elif limit is not None and len(text) > limit:
             text = _cap(text, limit, max(len(value), len(text)) - limit)
         return value if text is value or text == value else text
+
+
+def _before_cut_token(window: str, keep: int) -> int:
+    """``keep``, or the start of a token running from before it to the end of the scanned ``window``:
+    the token may go on past the window, so it was not seen whole (a JWT with a long header is not
+    found without its payload), and none of it is kept."""
+    if keep == 0 or _TOKEN_RUN.fullmatch(window, keep - 1) is None:
+        return keep
+    token = _TOKEN_RUN.match(window[keep - 1 :: -1])  # copies the window: only for such a token
+    assert token is not None  # it matches the empty string
+    return keep - token.end()
 
 
 def _cap(text: str, limit: int, dropped: int) -> str:

@@ -1,0 +1,267 @@
+"""Detector misses from the second review, each checked where a span leaves the process (an in-memory
+exporter behind the SDK, redaction installed first as ``configure()`` does): card digit groups
+separated by no-break spaces or dots, full-width digits, SSNs written with spaces, internationalised
+email addresses, phone numbers with a slash, a JWT cut by a size cap. And the other side: everyday
+text (prose, dates, versions, amounts, order numbers, URLs) that must be exported unchanged.
+
+Every value is exported twice: alone (a short string, the pure ``re`` path) and at the end of a
+long one (the hyperscan candidate finder), since the two paths must agree."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.trace import SpanLimits, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from sessiontrace import semconv
+from sessiontrace._log import reset_warnings
+from sessiontrace.redaction import Redactor, install_redaction
+
+SESSION_ID = "0190b0a6-1f3c-7d2e-9a4b-5c6d7e8f9a0b"
+LONG_PREFIX = "Plain prose, nothing to see. " * 12
+"""Makes a value long enough (over 256 characters) for the hyperscan path."""
+
+
+@pytest.fixture(autouse=True)
+def _fresh_warnings() -> Iterator[None]:
+    reset_warnings()
+    yield
+    reset_warnings()
+
+
+def export(
+    attributes: dict[str, Any], redactor: Redactor | None = None, limits: SpanLimits | None = None
+) -> dict[str, Any]:
+    """The attributes of one span as the application's exporter receives them."""
+    provider = TracerProvider(span_limits=limits) if limits is not None else TracerProvider()
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))  # the application's, added first
+    install_redaction(provider, redactor or Redactor())
+    with provider.get_tracer("tests.redaction.detectors").start_as_current_span("op") as span:
+        span.set_attributes(attributes)
+    provider.shutdown()
+    (finished,) = exporter.get_finished_spans()
+    return dict(finished.attributes or {})
+
+
+def assert_exported(text: str, expected: str) -> None:
+    """``text`` is exported as ``expected``, alone and at the end of a long value; ``session.id``
+    next to it is never touched."""
+    exported = export({"app.note": text, "app.long": LONG_PREFIX + text, semconv.SESSION_ID: SESSION_ID})
+    assert exported == {
+        "app.note": expected,
+        "app.long": LONG_PREFIX + expected,
+        semconv.SESSION_ID: SESSION_ID,
+    }
+
+
+def fullwidth(text: str) -> str:
+    """``text`` with its ASCII characters but the space in their full-width forms (U+FF01-FF5E)."""
+    return "".join(chr(ord(char) + 0xFEE0) if "!" <= char <= "~" else char for char in text)
+
+
+class TestCardSeparators:
+    """Card digit groups separated by no-break spaces (as word processors and locales insert them)
+    or by dots."""
+
+    @pytest.mark.parametrize(
+        "card",
+        [
+            "4111\u00a01111\u00a01111\u00a01111",  # NO-BREAK SPACE
+            "4111\u202f1111\u202f1111\u202f1111",  # NARROW NO-BREAK SPACE (French locales)
+            "4111\u20071111\u20071111\u20071111",  # FIGURE SPACE
+            "4111.1111.1111.1111",
+            "5500.0000.0000.0004",
+            "3782.822463.10005",  # Amex grouping
+        ],
+    )
+    def test_card_is_redacted(self, card: str) -> None:
+        assert_exported(f"paid with {card}, thanks", "paid with [REDACTED:card], thanks")
+
+    def test_dotted_card_next_to_an_expiry(self) -> None:
+        assert_exported("card 4111.1111.1111.1111 12/27", "card [REDACTED:card] 12/27")
+
+    @pytest.mark.parametrize(
+        "text",
+        [
+            "card 4111.1111.1111.1112 fails Luhn",
+            "pi is 3.141592653589793 roughly",  # a decimal, whatever its checksum
+            "total 2.345.678.901.234.567 units",  # thousands separated by dots
+            "build 4.1111.1111.1111 shipped",
+            "card 4111\u00a01111\u00a01111\u00a01112 fails Luhn",
+        ],
+    )
+    def test_dotted_numbers_that_are_no_card_are_kept(self, text: str) -> None:
+        assert_exported(text, text)
+
+
+class TestFullWidthDigits:
+    """Full-width digits (CJK input methods type them) are read as the digits they are: the same
+    shapes and checks as ASCII digits, so no more false positives than there."""
+
+    @pytest.mark.parametrize(
+        ("value", "marker"),
+        [
+            ("4111 1111 1111 1111", "[REDACTED:card]"),
+            ("4111111111111111", "[REDACTED:card]"),
+            ("4111\u30001111\u30001111\u30001111", "[REDACTED:card]"),  # IDEOGRAPHIC SPACE
+            ("123-45-6789", "[REDACTED:ssn]"),
+            ("+49 30 12345678", "[REDACTED:phone]"),
+            ("03-1234-5678", "[REDACTED:phone]"),
+            ("+1 415-555-0132", "[REDACTED:phone]"),
+        ],
+    )
+    def test_fullwidth_value_is_redacted(self, value: str, marker: str) -> None:
+        assert_exported(f"番号 {fullwidth(value)} です", f"番号 {marker} です")
+
+    def test_ascii_hyphens_between_fullwidth_digits(self) -> None:
+        ssn = "-".join(map(fullwidth, ("123", "45", "6789")))
+        assert_exported(f"ssn {ssn} x", "ssn [REDACTED:ssn] x")
+
+    @pytest.mark.parametrize(
+        ("text", "expected"),
+        [
+            (f"電話{fullwidth('03-1234-5678')}までお願いします", "電話[REDACTED:phone]までお願いします"),
+            (f"カード{fullwidth('4111111111111111')}で支払い", "カード[REDACTED:card]で支払い"),
+        ],
+    )
+    def test_next_to_cjk_text_without_spaces(self, text: str, expected: str) -> None:
+        # CJK text has no spaces between words: a number directly after a kana or an ideograph
+        # starts there, as it would after a space.
+        assert_exported(text, expected)
+
+    @pytest.mark.parametrize(
+        "text",
+        [
+            f"{fullwidth('2024')}年{fullwidth('3')}月{fullwidth('12')}日に発送しました",
+            f"注文番号{fullwidth('1234567890')}をご確認ください",
+            f"価格は{fullwidth('1,250')}円です",
+            f"バージョン{fullwidth('3.2.1')}",
+            f"URL {fullwidth('https://example.com/claims/118')}",
+            f"カード {fullwidth('4111 1111 1111 1112')} はLuhnで失敗",
+            f"日付 {fullwidth('2024-03-12 10:30')}",
+        ],
+    )
+    def test_fullwidth_numbers_that_are_nothing_are_kept(self, text: str) -> None:
+        assert_exported(text, text)
+
+
+class TestSpacedSsn:
+    def test_ssn_with_spaces_is_redacted(self) -> None:
+        assert_exported("ssn 123 45 6789 on file", "ssn [REDACTED:ssn] on file")
+
+    @pytest.mark.parametrize(
+        "text",
+        [
+            "ssn 666 45 6789 is never issued",
+            "ssn 123 00 6789 is never issued",
+            "ssn 923 45 6789 is never issued",
+            "scores 100 20 3000 40 50",  # a row of numbers, not one value
+            "scores 123 45 6789 10",
+        ],
+    )
+    def test_spaced_numbers_that_are_no_ssn_are_kept(self, text: str) -> None:
+        assert_exported(text, text)
+
+
+class TestInternationalEmails:
+    @pytest.mark.parametrize(
+        "address",
+        ["josé@exämple.com", "用户@例子.中国", "иван@пример.рф", "jörg@müller.de", "bob@例子.com", "अजय@डाटा.भारत"],
+    )
+    def test_address_is_redacted(self, address: str) -> None:
+        assert_exported(f"write to {address} today", "write to [REDACTED:email] today")
+
+    @pytest.mark.parametrize(
+        "text",
+        ["@用户 你好", "meet me @ 5pm", "pip install pkg@1.2.3", "decorated with @dataclass.field", "a@b"],
+    )
+    def test_not_addresses_are_kept(self, text: str) -> None:
+        assert_exported(text, text)
+
+
+class TestSlashPhones:
+    @pytest.mark.parametrize(
+        "phone",
+        ["0171/1234567", "+49 30/1234567", "089/123 456 78", "044/123 45 67", "+49 (0)30/1234567"],
+    )
+    def test_phone_is_redacted(self, phone: str) -> None:
+        assert_exported(f"Tel. {phone} bitte", "Tel. [REDACTED:phone] bitte")
+
+    @pytest.mark.parametrize(
+        "text",
+        [
+            "due 12/03/2024 and 2024/03/12 10:30",
+            "half 1/2, page 10/250, score 05/10",
+            "https://shop.example.com/orders/0171/1234567/items",
+            "ratio 0171/12 today",
+        ],
+    )
+    def test_slashed_numbers_that_are_no_phone_are_kept(self, text: str) -> None:
+        assert_exported(text, text)
+
+
+class TestEverydayTextIsKept:
+    @pytest.mark.parametrize(
+        "text",
+        [
+            "Thanks for your patience, we will get back to you within two business days.",
+            "Meeting on 2024-03-12 at 10:30; the report is due 2024-04-01.",
+            "Upgraded from 3.2.1 to 3.10.0 (build 3.10.0.4501).",
+            "Total due: $1,250.00, previously $12,345,678.90 and €1.250,00.",
+            "Order 1000234567 and order #A-10023-77 and PO 20240312-0042 shipped.",
+            "See https://portal.example.com/claims/118?from=2024-03-12&v=3.2.1#top for details.",
+            "Amounts with no-break spaces: 1\u00a0250\u00a0000 € and 12\u202f345,67 €.",
+            "ip 192.168.100.200, port 8080, pid 41234, epoch 1718035200.123",
+        ],
+    )
+    def test_kept(self, text: str) -> None:
+        assert_exported(text, text)
+
+
+def _jwt(payload_chars: int, header_chars: int = 20) -> str:
+    header = "eyJ" + "h" * (header_chars - 3)
+    return f"{header}.eyJ{'p' * payload_chars}.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U"
+
+
+class TestJwtAcrossTheCap:
+    """Nothing of a JWT is exported when a size cap cuts it: the value would have been redacted whole."""
+
+    @pytest.mark.parametrize(
+        "jwt",
+        [
+            _jwt(payload_chars=3000),  # the scan window ends inside the payload
+            _jwt(payload_chars=40, header_chars=3000),  # ... inside the header
+        ],
+    )
+    def test_redactor_cap(self, jwt: str) -> None:
+        limit = 1000
+        value = "x" * (limit - 100) + " " + jwt + " tail"
+        exported = export({"app.text": value}, redactor=Redactor(max_value_chars=limit))["app.text"]
+        assert isinstance(exported, str)
+        assert exported.startswith("x" * 100)
+        assert "…[truncated " in exported
+        assert "eyJ" not in exported
+        assert "hhh" not in exported
+        assert "ppp" not in exported
+
+    def test_a_token_the_window_saw_whole_is_cut_as_before(self) -> None:
+        limit = 1000
+        value = "x" * 900 + " " + "A" * 580 + " " + "y" * 2000  # the token ends inside the scanned window
+        exported = export({"app.text": value}, redactor=Redactor(max_value_chars=limit))["app.text"]
+        assert exported == "x" * 900 + " " + "A" * 99 + "…[truncated 2482 chars]"
+
+    def test_sdk_attribute_length_limit(self) -> None:
+        # The SDK cuts the value when it is set, before any span processor sees it.
+        jwt = _jwt(payload_chars=400)
+        exported = export({"app.text": "bearer " + jwt}, limits=SpanLimits(max_span_attribute_length=200))
+        assert exported == {"app.text": "bearer [REDACTED:jwt]"}
+
+    def test_jwt_cut_by_a_truncation_marker(self) -> None:
+        # Captured content is cut by its own cap, with a marker in place of the rest.
+        text = "my token " + _jwt(payload_chars=40)[:40] + "…[truncated 3000 chars]"
+        assert_exported(text, "my token [REDACTED:jwt]…[truncated 3000 chars]")
