@@ -260,6 +260,18 @@ class TestUnitOfWork:
         with db.maker() as orm:
             assert orm.get_one(Claim, 1).changed_by_user_id == "u-2"
 
+    def test_object_set_back_to_its_values_is_neither_stamped_nor_audited(self, db: Db) -> None:
+        with db.maker.begin() as orm:
+            orm.add(full_claim())  # outside a session: no user
+        with sessiontrace.session(user_id="u-9"), db.maker.begin() as orm:
+            claim = orm.get_one(Claim, 1)
+            claim.title = "a typo"
+            claim.title = "hail damage"  # back to what the row holds: dirty, but no net change
+            assert claim in orm.dirty
+        assert [r["change_type"] for r in db.audit_rows()] == ["insert"]
+        with db.maker() as orm:
+            assert orm.get_one(Claim, 1).changed_by_user_id is None
+
     def test_only_excluded_column_changed_writes_no_audit_row(self, db: Db) -> None:
         with db.maker.begin() as orm:
             orm.add(full_claim())

@@ -23,7 +23,7 @@ from typing import Any
 from sqlalchemy import Connection, Dialect, event
 from sqlalchemy.orm import Mapper, Session, UOWTransaction
 from sqlalchemy.orm.attributes import instance_state
-from sqlalchemy.orm.base import NO_VALUE
+from sqlalchemy.orm.base import NO_VALUE, PassiveFlag
 from sqlalchemy.orm.state import InstanceState
 
 from sessiontrace.audit.auditor import Auditor
@@ -89,9 +89,11 @@ def before_flush(auditor: Auditor, session: Session, flush_context: UOWTransacti
             # keep: writing the dict is setattr without the per-attribute event dispatch.
             instance_state(obj).dict.update(stamp)
     for obj in session.dirty:
-        if not isinstance(obj, Audited) or not session.is_modified(obj, include_collections=False):
+        if not isinstance(obj, Audited):
             continue
         state = instance_state(obj)
+        if not _has_net_change(state):
+            continue
         plan = auditor.plan_for(state.mapper)
         if plan is not None and _needs_previous(state, plan, deleting=False):
             missing.setdefault(plan, []).append(state)
@@ -112,6 +114,21 @@ def before_flush(auditor: Auditor, session: Session, flush_context: UOWTransacti
             row = rows.get(_identity(state))
             if row is not None:
                 pending.known[state] = row
+
+
+def _has_net_change(state: State) -> bool:
+    """``Session.is_modified(obj, include_collections=False)``, asking only the attributes that were
+    set: an attribute outside ``committed_state`` has no history, and the flush stamps thousands of
+    objects with only a few attributes set each."""
+    manager, loaded = state.manager, state.dict
+    for key in state.committed_state:
+        impl = manager[key].impl
+        if impl.collection:
+            continue
+        added, _, deleted = impl.get_history(state, loaded, PassiveFlag.NO_CHANGE)
+        if added or deleted:
+            return True
+    return False
 
 
 def _identity(state: State) -> tuple[Any, ...]:
