@@ -401,6 +401,29 @@ class TestTableOwner:
 # --- bug 5: the head cache -------------------------------------------------------------------------------
 
 
+class TestForgedRows:
+    """The app role may add rows to the log (ORM mode needs INSERT); what it cannot choose is the
+    login role and transaction the row names."""
+
+    def test_a_hand_written_row_names_its_real_login_and_transaction(self, db: Db) -> None:
+        with db.engine.begin() as conn:
+            as_role(conn, db.roles.app)
+            xid = conn.execute(text("SELECT pg_current_xact_id()::text")).scalar_one()
+            conn.execute(
+                text(
+                    "INSERT INTO audit_log (table_name, record_id, change_type, changed_fields, new_values,"
+                    " change_timestamp, source, transaction_id, db_user)"
+                    " VALUES ('claims', :r, 'insert', '[\"amount\"]', '{\"amount\": 5}', now(), 'orm', '1', 'auditor')"
+                ),
+                {"r": '{"id":9}'},
+            )
+            login = conn.execute(text("SELECT session_user::text")).scalar_one()
+        with db.engine.connect() as conn:
+            row = conn.execute(text("SELECT transaction_id, db_user FROM audit_log ORDER BY seq DESC LIMIT 1")).one()
+        assert (row.transaction_id, row.db_user) == (xid, login)
+        assert_untouched(db, rows=5)
+
+
 class TestHeadCache:
     """The app role may write the chain's head cache; it used to give its row seq 0 or below, which
     verification never reads (t2_negative_seq.py)."""

@@ -6,8 +6,8 @@ and three kinds of trigger on the audit table:
 
 - the chain (BEFORE INSERT, per row): whoever inserts an audit row (the ORM mode with ``seq``,
   ``prev_hash`` and ``row_hash`` left NULL, the trigger mode below, a human in psql), the database
-  computes ``seq``, ``prev_hash`` and ``row_hash`` exactly as ``chain.py`` does, and fills
-  ``transaction_id`` and ``db_user`` when they are NULL;
+  computes ``seq``, ``prev_hash`` and ``row_hash`` exactly as ``chain.py`` does, and sets
+  ``transaction_id`` and ``db_user`` (``session_user``: the login role) whatever the writer sent;
 - UPDATE, DELETE and TRUNCATE are refused by triggers, for every role including the owner.
 
 ``audit_tables()`` is the trigger mode: an AFTER INSERT/UPDATE/DELETE trigger per audited table

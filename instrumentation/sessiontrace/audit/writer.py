@@ -21,7 +21,7 @@ from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.util.types import AttributeValue
-from sqlalchemy import Connection, Insert, Table, Text, bindparam, cast, select, text, types
+from sqlalchemy import Connection, Insert, Table, Text, bindparam, cast, select, types
 
 from sessiontrace import semconv
 from sessiontrace.audit import chain
@@ -95,19 +95,19 @@ def _statement(audit_table: Table, connection: Connection) -> _Statement:
     return built
 
 
-def _transaction_facts(connection: Connection) -> tuple[str, str | None]:
-    """(transaction id, database user), read once per transaction and kept on the connection."""
+def _transaction_facts(connection: Connection) -> tuple[str | None, str | None]:
+    """(transaction id, database user) where Python writes them: on SQLite a UUIDv7 per transaction
+    (time-ordered), kept on the connection, and no user. On PostgreSQL the chain trigger sets both
+    (``pg_current_xact_id()``, ``session_user``) whatever the writer sends."""
+    if connection.dialect.name == "postgresql":
+        return None, None
     transaction = connection.get_transaction()
     cached = connection.info.get(_TRANSACTION_INFO)
     if cached is not None and transaction is not None and cached[0] is transaction:
-        return cached[1], cached[2]
-    if connection.dialect.name == "postgresql":
-        row = connection.execute(text("SELECT pg_current_xact_id()::text, current_user")).one()
-        facts: tuple[str, str | None] = (row[0], row[1])
-    else:
-        facts = (new_session_id(), None)  # a UUIDv7: time-ordered, unique per transaction
-    connection.info[_TRANSACTION_INFO] = (transaction, *facts)
-    return facts
+        return cached[1], None
+    transaction_id = new_session_id()
+    connection.info[_TRANSACTION_INFO] = (transaction, transaction_id)
+    return transaction_id, None
 
 
 def write_changes(

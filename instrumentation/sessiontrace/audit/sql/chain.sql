@@ -68,8 +68,10 @@ BEGIN
 
     NEW.seq := prev_seq + 1;
     NEW.prev_hash := prev;
-    NEW.transaction_id := coalesce(NEW.transaction_id, xid);
-    NEW.db_user := coalesce(NEW.db_user, session_user::text);
+    -- Which transaction and which login wrote the row come from the database, never from the
+    -- writer: a row an app role adds by hand still names the role that authenticated.
+    NEW.transaction_id := xid;
+    NEW.db_user := session_user::text;
     row_line := array_to_string(ARRAY[
         NEW.seq::text,
         NEW.table_name::text,
