@@ -282,3 +282,68 @@ def test_relative_store_path_is_fixed_when_the_exporter_is_made(
     assert exporter.path == app / "spans.sqlite3"
     assert sorted(p.name for p in app.iterdir() if p.suffix == ".sqlite3") == ["explicit.sqlite3", "spans.sqlite3"]
     assert list(elsewhere.iterdir()) == []
+
+
+# --- a store on read-only media (an evidence copy, a read-only mount) ---------------------------------
+
+
+def _read_on_read_only_media(directory: Path, store: Path) -> subprocess.CompletedProcess[str]:
+    """``SpanStore(store, readonly=True)`` in a child that sees ``directory`` read-only: a read-only
+    bind mount of its own (root writes anywhere), or the directory's write bit removed."""
+    code = textwrap.dedent(
+        f"""
+        from sessiontrace.store import SpanStore, StoreError
+        try:
+            with SpanStore({str(store)!r}, readonly=True) as store:
+                print(len(store.session_spans({SID!r})))
+        except StoreError as error:
+            print(f"StoreError: {{error}}")
+        """
+    )
+    if os.geteuid() == 0:
+        mount = 'mount --bind "$1" "$1" && mount -o remount,ro,bind "$1" && exec "$2" -c "$3"'
+        child = subprocess.run(
+            ["unshare", "--mount", "sh", "-c", mount, "sh", str(directory), sys.executable, code],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert "Read-only file system" not in child.stderr, child.stderr
+        return child
+    directory.chmod(0o555)
+    try:
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    finally:
+        directory.chmod(0o755)
+
+
+class TestReadOnlyMedia:
+    def test_a_closed_store_is_read_where_nothing_may_be_written(self, tmp_path: Path) -> None:
+        evidence = tmp_path / "evidence"
+        evidence.mkdir()
+        with SpanStore(evidence / "spans.sqlite3") as store:
+            store.write(_spans(3))
+        assert sorted(p.name for p in evidence.iterdir()) == ["spans.sqlite3"]  # the WAL merged on close
+
+        child = _read_on_read_only_media(evidence, evidence / "spans.sqlite3")
+        assert (child.returncode, child.stdout.strip()) == (0, "3"), child.stderr
+        assert sorted(p.name for p in evidence.iterdir()) == ["spans.sqlite3"]
+
+    def test_unmerged_spans_in_the_write_ahead_log_are_not_silently_left_out(self, tmp_path: Path) -> None:
+        live, evidence = tmp_path / "live", tmp_path / "evidence"
+        live.mkdir()
+        evidence.mkdir()
+        writer = SpanStore(live / "spans.sqlite3")
+        try:
+            writer.write(_spans(3))  # still open: the spans are in spans.sqlite3-wal
+            for name in ("spans.sqlite3", "spans.sqlite3-wal"):  # copied while the writer runs
+                (evidence / name).write_bytes((live / name).read_bytes())
+        finally:
+            writer.close()
+        assert (evidence / "spans.sqlite3-wal").stat().st_size > 0
+
+        child = _read_on_read_only_media(evidence, evidence / "spans.sqlite3")
+        assert child.returncode == 0, child.stderr
+        assert child.stdout.startswith("StoreError: "), child.stdout
+        assert "write-ahead log spans.sqlite3-wal holds spans not yet merged" in child.stdout
+        assert "copy both files to a writable directory" in child.stdout

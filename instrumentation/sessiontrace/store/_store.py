@@ -118,15 +118,35 @@ class SpanStore:
             except sqlite3.OperationalError as exc:
                 if not _is_busy(exc) or time.monotonic() >= deadline:
                     raise _classify(exc, path) from exc
+            except StoreNotWritable:
+                if self.readonly and not os.access(path.parent, os.W_OK):
+                    return self._connect_read_only_media()
+                raise
             # Jitter, so that processes which collided once do not collide again in step.
             time.sleep(backoff * random.uniform(0.5, 1.5))
             backoff = min(backoff * 2, 0.1)
 
-    def _connect_once(self) -> sqlite3.Connection:
+    def _connect_read_only_media(self) -> sqlite3.Connection:
+        """Read a store in a directory nobody may write (read-only media, an evidence copy): SQLite
+        cannot create the WAL index there, so the file is opened as immutable. That is only whole
+        when no write-ahead log holds spans not yet merged into the file."""
         path = self.path
+        wal = path.with_name(path.name + "-wal")
+        if wal.exists() and wal.stat().st_size > 0:
+            raise StoreNotWritable(
+                f"cannot read the store {path} in a read-only directory: its write-ahead log {wal.name} holds"
+                " spans not yet merged into it, which SQLite can merge only where it may write; copy both files"
+                " to a writable directory and read the copy",
+                path,
+            )
+        return self._connect_once(immutable=True)
+
+    def _connect_once(self, immutable: bool = False) -> sqlite3.Connection:
+        path = self.path
+        mode = "ro" if self.readonly else "rwc"
         try:
             conn = sqlite3.connect(
-                f"{path.resolve().as_uri()}?mode={'ro' if self.readonly else 'rwc'}",
+                f"{path.resolve().as_uri()}?mode={mode}{'&immutable=1' if immutable else ''}",
                 uri=True,
                 isolation_level=None,  # we issue BEGIN/COMMIT ourselves
                 check_same_thread=False,  # guarded by self._lock
