@@ -15,9 +15,10 @@ with usage read to the end. Content capture is off, its default.
 A loopback round trip with no latency is the cheapest an HTTP call ever gets (~2 ms here, most
 of it the SDK's own Python), so ``--latency-ms 0`` is the worst case for the ratio; the added
 microseconds per call are the figure that carries over to a real provider (hundreds of ms).
-The machine is assumed noisy: within a round the two variants alternate call by call, and the
-headline figure is the median over rounds of each round's traced/plain ratio (wall clock; the
-process CPU ratio is shown beside it; with the server in a child process it is the client's CPU).
+The machine is assumed noisy: within a round the variants take turns call by call, in a
+shuffled order, and the headline figure is the median over rounds of each round's traced/plain
+ratio (wall clock; the process CPU ratio is shown beside it; with the server in a child process it
+is the client's CPU).
 ``--no-gc`` disables the cyclic garbage collector during the timed rounds, a diagnostic: the
 difference it makes is what collections triggered by our allocations cost.
 
@@ -35,6 +36,7 @@ import argparse
 import contextlib
 import gc
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -114,14 +116,18 @@ def fake_server(where: str, latency: float) -> Any:
             child.wait()
 
 
-def run_round(variants: list[Variant], calls: int) -> None:
-    """``calls`` calls of each, one after the other in turn (the order reversed every other time),
-    so that whatever the machine does meanwhile falls on all alike."""
+def run_round(variants: list[Variant], calls: int, order: random.Random) -> None:
+    """``calls`` calls of each, one after the other in turn, so that whatever the machine does
+    meanwhile falls on all alike. The order is shuffled every turn: in a fixed or mirrored one, a
+    variant always follows the same others (or itself), and what they left in the CPU caches
+    weighed on its time by tens of microseconds."""
     totals = {id(variant): [0, 0] for variant in variants}
     clock, cpu_clock = time.perf_counter_ns, time.process_time_ns
     gc.collect()
-    for number in range(calls):
-        for variant in variants if number % 2 else variants[::-1]:
+    turn = list(variants)
+    for _ in range(calls):
+        order.shuffle(turn)
+        for variant in turn:
             wall, cpu = clock(), cpu_clock()
             variant.call()
             total = totals[id(variant)]
@@ -199,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
                 Variant("stream traced", lambda: read(completions.create(**streamed))),
             ],
         }
+        order = random.Random(0)  # the same shuffles in every run
         with session(user_id="bench-user", roles=["clerk"], trigger_source="api", trigger_type="POST /claims"):
             for variants in groups.values():
                 for _ in range(args.warmup):
@@ -209,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 for _ in range(args.rounds):
                     for variants in groups.values():
-                        run_round(variants, args.calls)
+                        run_round(variants, args.calls, order)
                     exporter.clear()
             finally:
                 gc.enable()
@@ -218,7 +225,8 @@ def main(argv: list[str] | None = None) -> int:
 
     print(
         f"python {sys.version.split()[0]}, openai {openai.__version__}, {args.rounds} rounds x {args.calls} calls "
-        f"per variant, alternating; fake OpenAI server on loopback ({args.server}), {args.latency_ms:g} ms latency; "
+        f"per variant, in shuffled turns; fake OpenAI server on loopback ({args.server}), "
+        f"{args.latency_ms:g} ms latency; "
         f"content capture off{'; gc disabled while timing' if args.no_gc else ''}"
     )
     print()

@@ -692,6 +692,41 @@ class TestInstrumentor:
         client.chat.completions.create(model=MODEL, messages=HELLO)
         assert not capsession.named(f"chat {MODEL}")
 
+    def test_another_librarys_wrapper_keeps_working_under_and_over_ours(
+        self, capsession: CapturedSpans, client: Any
+    ) -> None:
+        from openai.resources.chat.completions import Completions
+        from wrapt import wrap_function_wrapper
+
+        plain = Completions.__dict__["create"]
+        seen: list[Any] = []
+
+        def theirs(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+            seen.append(instance)  # an instrumentor reads the client through the instance
+            return wrapped(*args, **kwargs)
+
+        try:
+            wrap_function_wrapper(Completions, "create", theirs)  # installed before ours
+            under = Completions.__dict__["create"]
+            instrumentor = OpenAIInstrumentor()
+            instrumentor.instrument()
+            try:
+                client.chat.completions.create(model=MODEL, messages=HELLO)
+            finally:
+                instrumentor.uninstrument()
+            assert seen == [client.chat.completions]
+            assert len(capsession.named(f"chat {MODEL}")) == 1
+            assert Completions.__dict__["create"] is under  # theirs is back as it was
+
+            instrumentor.instrument()
+            wrap_function_wrapper(Completions, "create", theirs)  # installed over ours
+            instrumentor.uninstrument()  # ours cannot come out from under theirs: it stops tracing
+            client.chat.completions.create(model=MODEL, messages=HELLO)
+            assert len(seen) == 3  # theirs twice on the last call: over ours and under it
+            assert len(capsession.named(f"chat {MODEL}")) == 1
+        finally:
+            Completions.create = plain  # type: ignore[method-assign]
+
     def test_missing_method_warns_once_and_skips(
         self, capsession: CapturedSpans, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
     ) -> None:

@@ -33,26 +33,39 @@ def has_room(attributes: object, count: int) -> TypeGuard[BoundedAttributes]:
     )
 
 
-def add(attributes: object, values: Mapping[str, Any], *, longest: int, replace: bool) -> bool:
-    """Put ``values`` (valid attribute values, none longer than ``longest`` characters) into a live
-    span's ``attributes`` under its lock, overwriting existing keys only if ``replace``. False,
-    having changed nothing, when that is not safe: not the SDK's container, already frozen, no room
-    for all of them, or a value length limit below ``longest``."""
+def add(attributes: object, values: Mapping[str, Any], *, longest: int | None = None, replace: bool) -> bool:
+    """Put ``values`` (valid attribute values the SDK would store as they are: str, bool, int or
+    float, or tuples of them) into a live span's ``attributes`` under its lock, overwriting existing
+    keys only if ``replace``. ``longest``: the length of their longest string, when known (else it
+    is measured, and only if a value length limit is set). False, having changed nothing, when that
+    is not safe: not the SDK's container, already frozen, no room for all of them, or a value length
+    limit below their longest string."""
     if type(attributes) is not BoundedAttributes or attributes._immutable:
         return False
-    if attributes.max_value_len is not None and attributes.max_value_len < longest:
+    limit = attributes.max_value_len
+    if limit is not None and limit < (longest if longest is not None else _longest_string(values)):
         return False
     with attributes._lock:
         store = attributes._dict
         if attributes.maxlen is not None and len(store) + len(values) > attributes.maxlen:
             return False
-        if replace:
+        if replace or store.keys().isdisjoint(values):  # the common case, in one call
             store.update(values)
         else:
             for key, value in values.items():
                 if key not in store:
                     store[key] = value
     return True
+
+
+def _longest_string(values: Mapping[str, Any]) -> int:
+    """The length of the longest string among ``values``, those in tuples included."""
+    longest = 0
+    for value in values.values():
+        for item in value if isinstance(value, tuple) else (value,):
+            if isinstance(item, str):
+                longest = max(longest, len(item))
+    return longest
 
 
 def frozen_like(original: Any, values: dict[str, Any]) -> Any:

@@ -14,9 +14,10 @@ from urllib.parse import urlsplit
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
+from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
-from sessiontrace import semconv
+from sessiontrace import _attributes, semconv
 from sessiontrace._version import __version__
 from sessiontrace.ai import content
 from sessiontrace.ai.confidence import record_confidence
@@ -143,8 +144,9 @@ class AICall:
         if conversation_id:
             found[semconv.GEN_AI_CONVERSATION_ID] = conversation_id
         if settings:
-            found.update(request_attributes(settings))
-        if content.capture_content():
+            _add_request_attributes(found, settings)
+        # the environment is read only when there is content to capture
+        if (input_messages is not None or system_instructions is not None) and content.capture_content():
             if input_messages is not None:
                 found[semconv.GEN_AI_INPUT_MESSAGES] = content.messages_json(input_messages)
             if system_instructions is not None:
@@ -197,17 +199,20 @@ class AICall:
         output_messages: Sequence[Mapping[str, Any]] | None = None,
         cache_read_input_tokens: int | None = None,
         cache_creation_input_tokens: int | None = None,
+        time_to_first_chunk: float | None = None,
     ) -> None:
         """What the model answered. Unknown values are left out, never recorded as empty.
         ``input_tokens`` counts every input token, those read from or written to a prompt cache
-        included (the GenAI conventions); the two cache counts are parts of it."""
+        included (the GenAI conventions); the two cache counts are parts of it.
+        ``time_to_first_chunk``: of a streamed answer, in seconds from the request."""
+        # Each value of the type the SDK stores (a tuple for any sequence): they need no validation.
         attributes: dict[str, Any] = {}
         if model:
-            attributes[semconv.GEN_AI_RESPONSE_MODEL] = model
+            attributes[semconv.GEN_AI_RESPONSE_MODEL] = str(model)
         if response_id:
-            attributes[semconv.GEN_AI_RESPONSE_ID] = response_id
+            attributes[semconv.GEN_AI_RESPONSE_ID] = str(response_id)
         if finish_reasons:
-            attributes[semconv.GEN_AI_RESPONSE_FINISH_REASONS] = [str(r) for r in finish_reasons]
+            attributes[semconv.GEN_AI_RESPONSE_FINISH_REASONS] = tuple(map(str, finish_reasons))
         if input_tokens is not None:
             attributes[semconv.GEN_AI_USAGE_INPUT_TOKENS] = int(input_tokens)
         if output_tokens is not None:
@@ -216,10 +221,12 @@ class AICall:
             attributes[semconv.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS] = int(cache_read_input_tokens)
         if cache_creation_input_tokens is not None:
             attributes[semconv.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS] = int(cache_creation_input_tokens)
+        if time_to_first_chunk is not None:
+            attributes[semconv.GEN_AI_TIME_TO_FIRST_CHUNK] = float(time_to_first_chunk)
         if output_messages is not None and content.capture_content():
             attributes[semconv.GEN_AI_OUTPUT_MESSAGES] = content.messages_json(output_messages)
         if attributes:
-            self.span.set_attributes(attributes)  # one lock, one validation pass
+            _set_attributes(self.span, attributes)
 
     def record_confidence(
         self,
@@ -237,12 +244,13 @@ class AICall:
         self.span.set_attribute(semconv.ERROR_TYPE, error_type)
         self.span.set_status(Status(StatusCode.ERROR, message))
 
-    def start(self) -> AICall:
+    def start(self, context: Context | None = None) -> AICall:
         """Start the span without making it current, for an answer that outlives the calling frame
         (a stream the caller iterates later, maybe in another task): a context attached here could
         not be detached there. Make it current for a block with
-        ``trace.use_span(call.span, end_on_exit=False)``; end it with ``end()``."""
-        self.span = _tracer.start_span(self._name, kind=SpanKind.CLIENT, attributes=self._attributes)
+        ``trace.use_span(call.span, end_on_exit=False)``; end it with ``end()``. ``context``: the
+        parent's (default: the current one), for a caller that already holds it."""
+        self.span = _tracer.start_span(self._name, context=context, kind=SpanKind.CLIENT, attributes=self._attributes)
         return self
 
     def end(self) -> None:
@@ -250,9 +258,17 @@ class AICall:
         self.span.end()
 
 
-def request_attributes(settings: Mapping[str, Any]) -> dict[str, Any]:
-    """GenAI request attributes from call settings (``temperature``, ``max_tokens``...)."""
-    attributes: dict[str, Any] = {}
+def _set_attributes(span: Span, attributes: dict[str, Any]) -> None:
+    """``span.set_attributes(attributes)`` for values the SDK stores as they are (str, bool, int,
+    float, tuples of them): put straight into its container when no span limit can bite, they skip
+    the SDK's validation pass, about a microsecond per attribute on every call."""
+    if not _attributes.add(getattr(span, "_attributes", None), attributes, replace=True):
+        span.set_attributes(attributes)
+
+
+def _add_request_attributes(attributes: dict[str, Any], settings: Mapping[str, Any]) -> None:
+    """Add to ``attributes`` the GenAI request attributes of call settings (``temperature``,
+    ``max_tokens``...)."""
     for key, value in settings.items():
         name = REQUEST_ATTRIBUTES.get(key)
         if name is None or value is None:
@@ -266,7 +282,6 @@ def request_attributes(settings: Mapping[str, Any]) -> dict[str, Any]:
         elif name == semconv.GEN_AI_REQUEST_TOP_K and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)  # a double in the conventions
         attributes[name] = value
-    return attributes
 
 
 def ai_call(

@@ -28,17 +28,18 @@ and one to any other host (``api.openai.com``) does not.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
-from types import TracebackType
+from types import FunctionType, TracebackType
 from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
+from opentelemetry.context import Context
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
-from opentelemetry.instrumentation.utils import unwrap
 from wrapt import ObjectProxy, wrap_function_wrapper
 
 from sessiontrace import semconv
@@ -249,17 +250,22 @@ class _Api:
         raise NotImplementedError
 
 
+def _chat_output_type(response_format: Any) -> str | None:
+    """``gen_ai.output.type`` of a chat ``response_format``: parse() takes a pydantic model class
+    (structured output, JSON), create() a format with a type."""
+    return "json" if isinstance(response_format, type) else _output_type(_get(response_format, "type"))
+
+
 class _Chat(_Api):
     def begin(self, kwargs: Mapping[str, Any], capture: bool, provider: str, server: Mapping[str, Any]) -> AICall:
         response_format = kwargs.get("response_format")
-        # parse() takes a pydantic model class: structured output, JSON
-        output_type = "json" if isinstance(response_format, type) else _output_type(_get(response_format, "type"))
+        output_type = None if response_format is None else _chat_output_type(response_format)
         return AICall(
             model=_str(kwargs.get("model")) or "unknown",
             provider=provider,
             operation="chat",
             conversation_id=None,
-            settings=kwargs,  # request_attributes() picks the settings it knows and skips NOT_GIVEN
+            settings=kwargs,  # AICall picks the settings it knows and skips NOT_GIVEN
             input_messages=_chat_input(kwargs.get("messages")) if capture else None,
             system_instructions=None,  # OpenAI sends them as messages; they stay in the input messages
             attributes=request_extras(server, stream=kwargs.get("stream") is True, output_type=output_type),
@@ -271,16 +277,15 @@ class _Chat(_Api):
         call.record_response(
             model=_str(getattr(response, "model", None)),
             response_id=_str(getattr(response, "id", None)),
-            finish_reasons=[
-                reason for reason in (getattr(choice, "finish_reason", None) for choice in choices) if reason
-            ],
+            finish_reasons=[reason for choice in choices if (reason := getattr(choice, "finish_reason", None))],
             input_tokens=getattr(usage, "prompt_tokens", None),
             output_tokens=getattr(usage, "completion_tokens", None),
             cache_read_input_tokens=_cached_tokens(usage, "prompt_tokens_details"),
             output_messages=[_chat_output(choice) for choice in choices] if capture else None,
         )
-        if choices:
-            _record_confidence(call, _token_logprobs(getattr(getattr(choices[0], "logprobs", None), "content", None)))
+        logprobs = getattr(choices[0], "logprobs", None) if choices else None
+        if logprobs is not None:  # asked for with logprobs=True
+            _record_confidence(call, _token_logprobs(getattr(logprobs, "content", None)))
 
     def stream_scope(self, call: AICall, started: float, capture: bool) -> _StreamScope:
         return _ChatStream(call, started, capture)
@@ -375,7 +380,7 @@ class _Responses(_Api):
             attributes=request_extras(server, stream=kwargs.get("stream") is True, output_type=output_type),
         )
 
-    def record(self, call: AICall, response: Any, capture: bool) -> None:
+    def record(self, call: AICall, response: Any, capture: bool, *, time_to_first_chunk: float | None = None) -> None:
         usage = getattr(response, "usage", None)
         finish_reason = _responses_finish_reason(response)
         call.record_response(
@@ -386,6 +391,7 @@ class _Responses(_Api):
             output_tokens=getattr(usage, "output_tokens", None),
             cache_read_input_tokens=_cached_tokens(usage, "input_tokens_details"),
             output_messages=_responses_output(response, finish_reason) if capture else None,
+            time_to_first_chunk=time_to_first_chunk,
         )
         _record_confidence(call, _responses_logprobs(response))
         if getattr(response, "status", None) == "failed":  # a 200 with a failed response: the SDK raises nothing
@@ -398,23 +404,22 @@ class _Responses(_Api):
 
 # --- streams ---------------------------------------------------------------------------------------------
 class _StreamScope:
-    """What a stream has shown so far; ends the span exactly once, on any path."""
+    """What a stream has shown so far; ends the span exactly once, on any path. The time to the
+    first chunk is noted as it comes and recorded with the rest of the answer."""
 
-    __slots__ = ("call", "capture", "done", "first", "started")
+    __slots__ = ("call", "capture", "done", "first_chunk", "started")
 
     def __init__(self, call: AICall, started: float, capture: bool) -> None:
         self.call = call
         self.started = started
         self.capture = capture
-        self.first = True
+        self.first_chunk: float | None = None  # seconds from the request to the first chunk
         self.done = False
 
     def add(self, chunk: Any) -> None:
+        if self.first_chunk is None:
+            self.first_chunk = time.perf_counter() - self.started
         try:
-            if self.first:
-                self.first = False
-                elapsed = time.perf_counter() - self.started
-                self.call.span.set_attribute(semconv.GEN_AI_TIME_TO_FIRST_CHUNK, elapsed)
             self.absorb(chunk)
         except Exception:
             _bookkeeping_failed()
@@ -460,16 +465,21 @@ class _ChatStream(_StreamScope):
         if usage is not None:
             self.usage = usage  # sent in the last chunk when stream_options={"include_usage": True}
         for choice in getattr(chunk, "choices", None) or ():
-            index = getattr(choice, "index", None) or 0
-            reason = getattr(choice, "finish_reason", None)
-            if reason:
-                self.finish_reasons[index] = reason
-            if index == 0:
-                logprobs = getattr(choice, "logprobs", None)
-                if logprobs is not None:
-                    self.logprobs.extend(_token_logprobs(getattr(logprobs, "content", None)))
-            if self.capture:
-                self._absorb_delta(index, getattr(choice, "delta", None))
+            # most chunks carry only text, which matters only when content is captured
+            if self.capture or getattr(choice, "finish_reason", None) or getattr(choice, "logprobs", None) is not None:
+                self._absorb_choice(choice)
+
+    def _absorb_choice(self, choice: Any) -> None:
+        index = getattr(choice, "index", None) or 0
+        reason = getattr(choice, "finish_reason", None)
+        if reason:
+            self.finish_reasons[index] = reason
+        if index == 0:
+            logprobs = getattr(choice, "logprobs", None)
+            if logprobs is not None:
+                self.logprobs.extend(_token_logprobs(getattr(logprobs, "content", None)))
+        if self.capture:
+            self._absorb_delta(index, getattr(choice, "delta", None))
 
     def _absorb_delta(self, index: int, delta: Any) -> None:
         text = getattr(delta, "content", None)
@@ -506,8 +516,10 @@ class _ChatStream(_StreamScope):
             output_tokens=getattr(self.usage, "completion_tokens", None),
             cache_read_input_tokens=_cached_tokens(self.usage, "prompt_tokens_details"),
             output_messages=messages,
+            time_to_first_chunk=self.first_chunk,
         )
-        _record_confidence(self.call, self.logprobs)
+        if self.logprobs:  # asked for with logprobs=True
+            _record_confidence(self.call, self.logprobs)
 
 
 class _ResponsesStream(_StreamScope):
@@ -538,11 +550,13 @@ class _ResponsesStream(_StreamScope):
             )
 
     def record(self) -> None:
-        if self.terminal:
-            _RESPONSES.record(self.call, self.response, self.capture)  # fails the call on response.failed
-        elif self.response is not None:  # abandoned: only what the first event told
+        if self.terminal:  # fails the call on response.failed
+            _RESPONSES.record(self.call, self.response, self.capture, time_to_first_chunk=self.first_chunk)
+        else:  # abandoned: only what the first event told, if it came
             self.call.record_response(
-                model=_str(getattr(self.response, "model", None)), response_id=_str(getattr(self.response, "id", None))
+                model=_str(getattr(self.response, "model", None)),
+                response_id=_str(getattr(self.response, "id", None)),
+                time_to_first_chunk=self.first_chunk,
             )
         if self.error is not None:
             self.call.fail(*self.error)
@@ -647,9 +661,9 @@ def _bookkeeping_failed() -> None:
     logger.debug("sessiontrace: OpenAI bookkeeping failed", exc_info=True)
 
 
-def _begin(api: _Api, instance: Any, kwargs: Mapping[str, Any], capture: bool) -> AICall | None:
+def _begin(api: _Api, instance: Any, kwargs: Mapping[str, Any], capture: bool, context: Context) -> AICall | None:
     try:
-        return api.begin(kwargs, capture, *_target(instance)).start()
+        return api.begin(kwargs, capture, *_target(instance)).start(context)
     except Exception:
         _bookkeeping_failed()
         return None
@@ -691,22 +705,46 @@ def _answer(api: _Api, call: AICall, result: Any, started: float, capture: bool,
     return result
 
 
-Wrapper = Callable[[Callable[..., Any], Any, tuple[Any, ...], dict[str, Any]], Any]
+# The traced methods are plain functions put in the SDK class in place of its own, not ``wrapt``
+# wrappers: they bind to the instance as the method did, where a ``wrapt`` wrapper makes a bound
+# wrapper object on every call (a few microseconds, as much as the rest of our bookkeeping).
+def _unbound(original: Any) -> Callable[..., Any]:
+    """``original`` (what the class held) as a function of the instance and the arguments: itself
+    when it is a plain function; else bound at each call, as attribute access would, since another
+    library's wrapper around the method (installed before us) expects the instance it is bound to."""
+    if type(original) is FunctionType:  # not isinstance: a wrapt proxy passes for what it wraps
+        return original
+
+    def call_bound(self: Any, *args: Any, **kwargs: Any) -> Any:
+        return original.__get__(self, type(self))(*args, **kwargs)
+
+    return call_bound
 
 
-def _sync_wrapper(api: _Api, stream_type: type) -> Wrapper:
-    def traced(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+_retired: set[Callable[..., Any]] = set()
+"""Our methods that ``uninstrument()`` could not take out of their class, because another library
+wrapped them since (taking ours out would take theirs out too): they only call the original."""
+
+
+def _traced_method(original: Any, api: _Api, stream_type: type) -> Callable[..., Any]:
+    call_original = _unbound(original)
+
+    @functools.wraps(original)
+    def traced(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if traced in _retired:
+            return call_original(self, *args, **kwargs)
         capture = content.capture_content()
-        call = _begin(api, instance, kwargs, capture)
+        context = otel_context.get_current()  # looked up once: the span's parent, then its own
+        call = _begin(api, self, kwargs, capture, context)
         if call is None:
-            return wrapped(*args, **kwargs)
+            return call_original(self, *args, **kwargs)
         started = time.perf_counter()
         try:
             # use_span(end_on_exit=False, record_exception=False, set_status_on_exception=False),
             # without its generator: the span is current for the SDK call, then detached.
-            token = otel_context.attach(trace.set_span_in_context(call.span))
+            token = otel_context.attach(trace.set_span_in_context(call.span, context))
             try:
-                result = wrapped(*args, **kwargs)
+                result = call_original(self, *args, **kwargs)
             finally:
                 otel_context.detach(token)
         except BaseException as error:
@@ -717,17 +755,23 @@ def _sync_wrapper(api: _Api, stream_type: type) -> Wrapper:
     return traced
 
 
-def _async_wrapper(api: _Api, stream_type: type) -> Wrapper:
-    async def traced(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+def _traced_async_method(original: Any, api: _Api, stream_type: type) -> Callable[..., Any]:
+    call_original = _unbound(original)
+
+    @functools.wraps(original)
+    async def traced(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if traced in _retired:
+            return await call_original(self, *args, **kwargs)
         capture = content.capture_content()
-        call = _begin(api, instance, kwargs, capture)
+        context = otel_context.get_current()
+        call = _begin(api, self, kwargs, capture, context)
         if call is None:
-            return await wrapped(*args, **kwargs)
+            return await call_original(self, *args, **kwargs)
         started = time.perf_counter()
         try:
-            token = otel_context.attach(trace.set_span_in_context(call.span))  # as in the sync wrapper
+            token = otel_context.attach(trace.set_span_in_context(call.span, context))  # as in the sync method
             try:
-                result = await wrapped(*args, **kwargs)
+                result = await call_original(self, *args, **kwargs)
             finally:
                 otel_context.detach(token)
         except BaseException as error:
@@ -790,11 +834,13 @@ async def _close_helper_async(
         _finish_helper(instance)
 
 
-_patched: list[tuple[type, str]] = []
-"""What ``instrument()`` wrapped, for ``uninstrument()`` to restore."""
+_patched: list[tuple[type, str, Any, Any]] = []
+"""What ``instrument()`` replaced: (class, name, ours, the class's own attribute before), for
+``uninstrument()`` to put back."""
 
 
 def _find(module: str, owner: str, method: str) -> type | None:
+    """The SDK class ``module.owner`` when it defines ``method`` (maybe wrapped by another library)."""
     try:
         cls = getattr(importlib.import_module(module), owner)
     except (ImportError, AttributeError):
@@ -820,7 +866,7 @@ class OpenAIInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             cls for cls in (getattr(openai, "AzureOpenAI", None), getattr(openai, "AsyncAzureOpenAI", None)) if cls
         )
         _providers.clear()
-        patched: list[tuple[type, str]] = []
+        patched: list[tuple[type, str, Any, Any]] = []
         for module, owner, method, api, is_async, required in _TARGETS:
             cls = _find(module, owner, method)
             if cls is None:
@@ -834,19 +880,26 @@ class OpenAIInstrumentor(BaseInstrumentor):  # type: ignore[misc]
                         method,
                     )
                 continue
-            wrapper = _async_wrapper(api, openai.AsyncStream) if is_async else _sync_wrapper(api, openai.Stream)
-            wrap_function_wrapper(cls, method, wrapper)
-            patched.append((cls, method))
+            original = cls.__dict__[method]
+            if is_async:
+                setattr(cls, method, _traced_async_method(original, api, openai.AsyncStream))
+            else:
+                setattr(cls, method, _traced_method(original, api, openai.Stream))
+            patched.append((cls, method, cls.__dict__[method], original))
         for module, owner, is_async in _HELPERS:
             cls = _find(module, owner, "close")
             if cls is not None:
+                original = cls.__dict__["close"]
                 wrap_function_wrapper(cls, "close", _close_helper_async if is_async else _close_helper)
-                patched.append((cls, "close"))
+                patched.append((cls, "close", cls.__dict__["close"], original))
         _patched[:] = patched
 
     def _uninstrument(self, **kwargs: Any) -> None:
-        for cls, method in _patched:
-            unwrap(cls, method)
+        for cls, method, ours, original in _patched:
+            if cls.__dict__.get(method) is ours:
+                setattr(cls, method, original)
+            else:  # wrapped by another library since: ours stays under theirs, and passes calls through
+                _retired.add(ours)
         _patched.clear()
 
 
