@@ -8,7 +8,8 @@ it, so a caller that handles the error and commits does not commit an unaudited 
 - ``update`` / ``delete``: select the rows the statement's WHERE matches (``FOR UPDATE`` on
   PostgreSQL), run it, read those rows again by primary key, record the differences: a row
   still there was not deleted, one unchanged was not updated (options such as
-  ``with_loader_criteria`` narrow the statement beyond its WHERE). Bulk UPDATE by primary key (a
+  ``with_loader_criteria`` narrow the statement beyond its WHERE). A statement that changed a row
+  another transaction committed after that select is undone to a savepoint and run again. Bulk UPDATE by primary key (a
   list of parameter dicts) is read by those keys. Objects in the session whose rows changed are
   brought up to date where the ORM did not (``synchronize_session=False``, changes not flushed
   yet), so that the next flush records the values the rows really held.
@@ -110,7 +111,7 @@ def do_orm_execute(auditor: Auditor, state: ORMExecuteState) -> Result[Any] | No
         if state.is_insert:
             result, audit = _insert(state, plan, connection, stamp)
         else:
-            result, audit = _update_or_delete(state, plan, connection, stamp)
+            result, audit = _update_or_delete(state, plan, connection, stamp, retry=undoable)
         auditor.write(connection, audit.changes, moment)
     except BaseException:
         # Whatever failed, the statement must not stay in the transaction without its audit rows.
@@ -155,9 +156,14 @@ def _undo(connection: Connection, session: Session, plan: TablePlan) -> None:
         # the transaction can now only be rolled back.
         connection.invalidate()
         return
-    # The ORM may have copied the undone values into objects in the session (synchronize_session,
-    # RETURNING of entities): they are read again, but for changes the application has not flushed.
-    # (Objects the ORM took out of the session for an undone DELETE stay out of it.)
+    _expire_undone(session, plan)
+
+
+def _expire_undone(session: Session, plan: TablePlan) -> None:
+    """After a statement was undone: the ORM may have copied its values into objects in the session
+    (synchronize_session, RETURNING of entities); they are read again, but for changes the
+    application has not flushed. (Objects the ORM took out of the session for an undone DELETE stay
+    out of it.)"""
     identity = {f.key for f in plan.pk}
     for state in list(session.identity_map.all_states()):
         instance = state.obj()
@@ -217,8 +223,11 @@ def _synchronizes(state: ORMExecuteState) -> bool:
 
 
 def _update_or_delete(
-    state: ORMExecuteState, plan: TablePlan, connection: Connection, stamp: dict[str, Any] | None
+    state: ORMExecuteState, plan: TablePlan, connection: Connection, stamp: dict[str, Any] | None, *, retry: bool
 ) -> tuple[Result[Any], _Audit]:
+    """Run the UPDATE or DELETE and read what it changed. ``retry``: the connection is in a
+    transaction, where a statement that raced another transaction's insert can be undone to a
+    savepoint and run again."""
     statement = state.statement
     assert isinstance(statement, (Update, Delete))
     updating = isinstance(statement, Update)
@@ -234,21 +243,9 @@ def _update_or_delete(
         before = select_by_pk(connection, plan, [k for k in keys if k is not None], lock=True)
         result = state.invoke_statement(params=[stamp] * len(params) if stamp else None)
     else:
-        # The rows its WHERE matches: the ORM may narrow it further (with_loader_criteria), so
-        # which of them it changed is read again afterwards.
-        before = select_where(connection, plan, statement.whereclause, lock=True)
         if stamp and isinstance(statement, Update):
             statement = _stamp_update(statement, plan, stamp)
-        result = state.invoke_statement(statement=statement)
-        # A row another transaction committed after the read above is changed too (the UPDATE or
-        # DELETE takes a new snapshot) but would go unaudited: refuse, the change is undone.
-        touched = getattr(result, "rowcount", -1)
-        if isinstance(touched, int) and touched > len(before):
-            raise AuditError(
-                f"cannot audit this bulk {statement.__visit_name__} of {plan.table_name}: it changed {touched} "
-                f"rows, {len(before)} of them read before it (another transaction added matching rows "
-                "meanwhile); it was undone, run it again"
-            )
+        result, before = _run_where(state, statement, plan, connection, retry=retry)
     after = select_by_pk(connection, plan, before.keys())
     audit = _Audit(synchronized=_synchronizes(state))
     for key, row in before.items():
@@ -262,6 +259,38 @@ def _update_or_delete(
         else:
             audit.update(plan, key, row, new_row)
     return result, audit
+
+
+def _run_where(
+    state: ORMExecuteState, statement: Update | Delete, plan: TablePlan, connection: Connection, *, retry: bool
+) -> tuple[Result[Any], dict[PkValues, dict[str, Any]]]:
+    """Run a statement with a WHERE clause after reading (and locking) the rows it matches: the
+    ORM may narrow it further (with_loader_criteria), so which of them it changed is read again
+    afterwards. A row another transaction committed after that read is changed too (the statement
+    takes a new snapshot) but was not read: the statement is undone to a savepoint and run again,
+    now reading that row, as an un-audited statement would have changed it."""
+    for _ in range(_RACE_ATTEMPTS if retry else 1):
+        if retry:
+            connection.exec_driver_sql(f"SAVEPOINT {_RACE_SAVEPOINT}")
+        before = select_where(connection, plan, statement.whereclause, lock=True)
+        result = state.invoke_statement(statement=statement)
+        touched = getattr(result, "rowcount", -1)
+        if not (isinstance(touched, int) and touched > len(before)):
+            if retry:
+                connection.exec_driver_sql(f"RELEASE SAVEPOINT {_RACE_SAVEPOINT}")
+            return result, before
+        if retry:
+            connection.exec_driver_sql(f"ROLLBACK TO SAVEPOINT {_RACE_SAVEPOINT}")
+            _expire_undone(state.session, plan)
+    raise AuditError(
+        f"cannot audit this bulk {statement.__visit_name__} of {plan.table_name}: other transactions kept "
+        f"adding matching rows while it ran ({_RACE_ATTEMPTS if retry else 1} attempt(s)); it was undone, "
+        "run it again"
+    )
+
+
+_RACE_ATTEMPTS = 5
+_RACE_SAVEPOINT = "sessiontrace_race"
 
 
 def _stamp_update(statement: Update, plan: TablePlan, stamp: Mapping[str, Any]) -> Update:
