@@ -379,7 +379,7 @@ def _watch_later_logger_providers(redactor: Redactor | None, stamp: bool) -> Non
             warn_once(
                 "config:logs-later-failed",
                 "sessiontrace: could not install log redaction and session stamping on the new "
-                "LoggerProvider (%s: %s); its log records are NOT redacted",
+                "LoggerProvider (%s: %s); its log records may be neither redacted nor stamped",
                 type(error).__name__,
                 error,
             )

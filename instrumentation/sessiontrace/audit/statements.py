@@ -9,10 +9,10 @@ it, so a caller that handles the error and commits does not commit an unaudited 
   PostgreSQL), run it, read those rows again by primary key, record the differences: a row
   still there was not deleted, one unchanged was not updated (options such as
   ``with_loader_criteria`` narrow the statement beyond its WHERE). A statement that changed a row
-  another transaction committed after that select is undone to a savepoint and run again. Bulk UPDATE by primary key (a
-  list of parameter dicts) is read by those keys. Objects in the session whose rows changed are
-  brought up to date where the ORM did not (``synchronize_session=False``, changes not flushed
-  yet), so that the next flush records the values the rows really held.
+  another transaction committed after that select is undone to a savepoint and run again. Bulk
+  UPDATE by primary key (a list of parameter dicts) is read by those keys. Objects in the session
+  whose rows changed are brought up to date where the ORM did not (``synchronize_session=False``,
+  changes not flushed yet), so that the next flush records the values the rows really held.
 - ``insert``: add ``RETURNING`` of the audited columns and record every returned row. The
   ``Audited`` columns are stamped on every row: in the single-row VALUES, in each row of a
   multi-row VALUES, in every parameter set of an executemany, or as extra columns of an
