@@ -727,6 +727,22 @@ class TestInstrumentor:
         finally:
             Completions.create = plain  # type: ignore[method-assign]
 
+    def test_a_method_mocked_before_instrumenting_still_answers(self, capsession: CapturedSpans, client: Any) -> None:
+        from unittest import mock
+
+        from openai.resources.chat.completions import Completions
+
+        with mock.patch.object(Completions, "create", return_value="canned") as create:
+            instrumentor = OpenAIInstrumentor()
+            instrumentor.instrument()
+            try:
+                answer = client.chat.completions.create(model=MODEL, messages=HELLO)
+            finally:
+                instrumentor.uninstrument()
+            assert Completions.__dict__["create"] is create
+        assert answer == "canned"
+        create.assert_called_once_with(model=MODEL, messages=HELLO)  # as the unbound Mock was called
+
     def test_missing_method_warns_once_and_skips(
         self, capsession: CapturedSpans, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
     ) -> None:

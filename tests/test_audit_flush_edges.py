@@ -8,6 +8,7 @@ from __future__ import annotations
 import enum
 import itertools
 import json
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -224,6 +225,15 @@ class TestRowSwitch:
         assert db.table("SELECT id, status, code, n FROM edge_claim") == [(1, "replaced", "a", 2)]
         revert_session(db.engine, second.id, tables=Base.metadata, key=KEY)
         assert db.table("SELECT id, status, code, n FROM edge_claim") == [(1, "open", "a", 1)]
+
+    def test_the_row_switched_in_is_stamped_with_the_new_session(self, db: Db) -> None:
+        with sessiontrace.session(user_id="alice"), db.maker.begin() as orm:
+            orm.add(EdgeClaim(id=1, status="open", code="a", n=1))
+        with sessiontrace.session(user_id="bob") as bob, db.maker.begin() as orm:
+            orm.delete(orm.get_one(EdgeClaim, 1))
+            orm.add(EdgeClaim(id=1, status="replaced", n=2))  # one UPDATE of the keys set on it
+        ((session_id, user_id),) = db.table("SELECT session_id, changed_by_user_id FROM edge_claim")
+        assert (str(uuid.UUID(str(session_id))), user_id) == (bob.id, "bob")
 
     def test_the_deleted_objects_expired_values_are_read(self, db: Db) -> None:
         with db.maker.begin() as orm:

@@ -178,7 +178,15 @@ class TestInternationalEmails:
 
     @pytest.mark.parametrize(
         "text",
-        ["@用户 你好", "meet me @ 5pm", "pip install pkg@1.2.3", "decorated with @dataclass.field", "a@b"],
+        [
+            "@用户 你好",
+            "meet me @ 5pm",
+            "pip install pkg@1.2.3",
+            "decorated with @dataclass.field",
+            "a@b",
+            "pkg@1.0.rc1, lib@2.1.beta2, foo@3.0.dev1",  # a version's pre-release tag is no TLD
+            "see foo_bar@my_module.py:12",  # no underscore in a host name
+        ],
     )
     def test_not_addresses_are_kept(self, text: str) -> None:
         assert_exported(text, text)
@@ -199,6 +207,7 @@ class TestSlashPhones:
             "half 1/2, page 10/250, score 05/10",
             "https://shop.example.com/orders/0171/1234567/items",
             "ratio 0171/12 today",
+            "Report 06/2024 2500 rows, period 07/2024 12345 units, Umsatz 04/2024 12 500 EUR",  # month/year
         ],
     )
     def test_slashed_numbers_that_are_no_phone_are_kept(self, text: str) -> None:

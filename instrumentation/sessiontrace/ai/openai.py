@@ -714,6 +714,12 @@ def _unbound(original: Any) -> Callable[..., Any]:
     library's wrapper around the method (installed before us) expects the instance it is bound to."""
     if type(original) is FunctionType:  # not isinstance: a wrapt proxy passes for what it wraps
         return original
+    if getattr(type(original), "__get__", None) is None:  # no descriptor (a test's Mock): not bound
+
+        def call_unbound(self: Any, *args: Any, **kwargs: Any) -> Any:
+            return original(*args, **kwargs)
+
+        return call_unbound
 
     def call_bound(self: Any, *args: Any, **kwargs: Any) -> Any:
         return original.__get__(self, type(self))(*args, **kwargs)

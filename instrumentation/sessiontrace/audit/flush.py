@@ -85,9 +85,9 @@ def before_flush(auditor: Auditor, session: Session, flush_context: UOWTransacti
     for obj in session.new:
         if isinstance(obj, Audited):
             stamp = stamp or stamp_values(moment)
-            # A pending object's INSERT takes its values from its dict, and it has no history to
-            # keep: writing the dict is setattr without the per-attribute event dispatch.
-            instance_state(obj).dict.update(stamp)
+            # Through the attribute impl, with history: a new object that takes over a deleted
+            # one's row (a row switch) is written as an UPDATE of the keys set on it.
+            _stamp(instance_state(obj), stamp)
     for obj in session.dirty:
         if not isinstance(obj, Audited):
             continue
@@ -98,9 +98,7 @@ def before_flush(auditor: Auditor, session: Session, flush_context: UOWTransacti
         if plan is not None and _needs_previous(state, plan, deleting=False):
             missing.setdefault(plan, []).append(state)
         stamp = stamp or stamp_values(moment)
-        loaded, manager = state.dict, state.manager
-        for key, value in stamp.items():
-            manager[key].impl.set(state, loaded, value, None)  # setattr, minus the descriptor
+        _stamp(state, stamp)
     for obj in session.deleted:
         if isinstance(obj, Audited):
             state = instance_state(obj)
@@ -114,6 +112,13 @@ def before_flush(auditor: Auditor, session: Session, flush_context: UOWTransacti
             row = rows.get(_identity(state))
             if row is not None:
                 pending.known[state] = row
+
+
+def _stamp(state: State, stamp: dict[str, Any]) -> None:
+    """``setattr`` of each stamp column, minus the descriptor's lookups."""
+    loaded, manager = state.dict, state.manager
+    for key, value in stamp.items():
+        manager[key].impl.set(state, loaded, value, None)
 
 
 def _has_net_change(state: State) -> bool:

@@ -206,6 +206,9 @@ are in: the vowel signs of Indic and Southeast Asian scripts (their blocks whole
 
 _LOCAL_PART_REVERSED: Final = re.compile(rf"[\w{_MARKS}.%+'-]{{1,64}}")
 
+_LABEL: Final = rf"(?:[^\W_]|[{_MARKS}-])"
+"""One character of a domain label, in any script: a letter, digit, mark or hyphen."""
+
 
 def _email(text: str, start: int, end: int) -> int | None:
     # The local part, before the "@" trigger: matched on the reversed 64 characters before it.
@@ -313,9 +316,10 @@ SHAPES: Final = (
         "email",
         "@",
         # Domain labels and the top-level domain in any script (internationalised: exämple.com,
-        # 例子.中国, डाटा.भारत); the TLD starts with a letter, so pkg@1.2.3 is no address.
-        rf"(?<=[\w{_MARKS}%+-]@)[\w{_MARKS}-]{{1,63}}(?:\.[\w{_MARKS}-]{{1,63}}){{0,8}}"
-        rf"\.[^\W\d_][\w{_MARKS}]{{1,23}}(?![\w{_MARKS}-])",
+        # 例子.中国, डाटा.भारत). Labels hold no underscore (foo@my_module.py is no address) and the
+        # TLD only letters (pkg@1.0.rc1 is a version).
+        rf"(?<=[\w{_MARKS}%+-]@){_LABEL}{{1,63}}(?:\.{_LABEL}{{1,63}}){{0,8}}"
+        rf"\.(?:[^\W\d_]|[{_MARKS}]){{2,24}}(?![\w{_MARKS}-])",
         _email,
     ),
     _Shape(
@@ -375,7 +379,7 @@ SHAPES: Final = (
         # +44 20 7946 0958, +49 30/1234567 (8-15 digits); (415) 555-0132; 415-555-0132, 020 7946 0958
         # (10-11 digits, ending in 4: a date and time, 2024-01-15 10:30, is not a phone number);
         # 0171/1234567, 089/123 456 78 (a trunk 0, the area code, a slash and 5 digits or more: not
-        # a date, 01/23/2024, nor a path, /0171/1234567/)
+        # a date, 01/23/2024 or 06/2024 2500 rows, nor a path, /0171/1234567/)
         rf"(?:(?<=(?:(?<![{_ASCII_WORD}+])|{_JSON_ESCAPE})\+[0-9])"
         r"(?=(?:[ .()/-]{0,2}[0-9]){7})"
         r"[0-9]{0,2}(?:[ .-]?\([0-9]{1,4}\))?(?:[ ./-]?[0-9]{2,8}){1,5}"
@@ -384,7 +388,7 @@ SHAPES: Final = (
         rf"|(?<=(?:(?<![{_ASCII_WORD}+(.-])|{_JSON_ESCAPE})[0-9])"
         r"(?=(?:[ .-]?[0-9]){9})[0-9]{0,3}(?:[ .-][0-9]{2,4}){0,3}[ .-][0-9]{4}"
         rf"|(?<=(?:(?<![{_ASCII_WORD}+(./-])|{_JSON_ESCAPE})0)"
-        r"[0-9]{1,4}/(?=(?:[ .-]?[0-9]){5})[0-9]{2,8}(?:[ .-][0-9]{2,8}){0,3}(?!/))"
+        r"[0-9]{1,4}/(?!(?:19|20)[0-9]{2}(?![0-9]))(?=(?:[ .-]?[0-9]){5})[0-9]{2,8}(?:[ .-][0-9]{2,8}){0,3}(?!/))"
         rf"(?![{_ASCII_WORD}-]|\.[0-9])",
         _phone,
         number=True,
