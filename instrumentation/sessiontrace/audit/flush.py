@@ -85,9 +85,7 @@ def before_flush(auditor: Auditor, session: Session, flush_context: UOWTransacti
     for obj in session.new:
         if isinstance(obj, Audited):
             stamp = stamp or stamp_values(moment)
-            # Through the attribute impl, with history: a new object that takes over a deleted
-            # one's row (a row switch) is written as an UPDATE of the keys set on it.
-            _stamp(instance_state(obj), stamp)
+            _stamp_new(instance_state(obj), stamp)
     for obj in session.dirty:
         if not isinstance(obj, Audited):
             continue
@@ -112,6 +110,17 @@ def before_flush(auditor: Auditor, session: Session, flush_context: UOWTransacti
             row = rows.get(_identity(state))
             if row is not None:
                 pending.known[state] = row
+
+
+def _stamp_new(state: State, stamp: dict[str, Any]) -> None:
+    """``setattr`` of each stamp column on a new object, without the per-attribute events: its
+    INSERT takes the values from its dict. A new object that takes over a deleted one's row (a row
+    switch) is written as an UPDATE of the keys in its ``committed_state``, so they are listed
+    there, as setattr lists them (nothing was committed: ``NO_VALUE``)."""
+    state.dict.update(stamp)
+    committed = state.committed_state
+    for key in stamp:
+        committed.setdefault(key, NO_VALUE)
 
 
 def _stamp(state: State, stamp: dict[str, Any]) -> None:
