@@ -95,19 +95,20 @@ def _statement(audit_table: Table, connection: Connection) -> _Statement:
     return built
 
 
-def _transaction_facts(connection: Connection) -> tuple[str | None, str | None]:
-    """(transaction id, database user) where Python writes them: on SQLite a UUIDv7 per transaction
-    (time-ordered), kept on the connection, and no user. On PostgreSQL the chain trigger sets both
-    (``pg_current_xact_id()``, ``session_user``) whatever the writer sends."""
+def _transaction_id(connection: Connection) -> str | None:
+    """The transaction id where Python writes it: on SQLite a UUIDv7 per transaction (time-ordered),
+    kept on the connection. On PostgreSQL the chain trigger sets it (``pg_current_xact_id()``), and
+    ``db_user`` (``session_user``), whatever the writer sends."""
     if connection.dialect.name == "postgresql":
-        return None, None
+        return None
     transaction = connection.get_transaction()
     cached = connection.info.get(_TRANSACTION_INFO)
     if cached is not None and transaction is not None and cached[0] is transaction:
-        return cached[1], None
+        found: str = cached[1]
+        return found
     transaction_id = new_session_id()
     connection.info[_TRANSACTION_INFO] = (transaction, transaction_id)
-    return transaction_id, None
+    return transaction_id
 
 
 def write_changes(
@@ -139,7 +140,6 @@ def write_changes(
     current = current_session()
     span = trace.get_current_span()
     context = span.get_span_context()
-    transaction_id, db_user = _transaction_facts(connection)
     # Everything but the change itself is the same for every row of the batch.
     common: dict[str, Any] = {
         "seq": None,
@@ -148,8 +148,8 @@ def write_changes(
         "change_timestamp": moment,
         "trace_id": format(context.trace_id, "032x") if context.is_valid else None,
         "span_id": format(context.span_id, "016x") if context.is_valid else None,
-        "transaction_id": transaction_id,
-        "db_user": db_user,
+        "transaction_id": _transaction_id(connection),
+        "db_user": None,  # PostgreSQL's chain trigger sets it; SQLite has no database users
         "source": source,
         "prev_hash": None,
         "row_hash": None,
