@@ -621,7 +621,7 @@ class TestSpanLimits:
         provider.add_span_processor(SimpleSpanProcessor(exporter))
         span = provider.get_tracer("limits").start_span("step limited")
         active = _Activity(span, semconv.STEP_RESULT, Context())
-        assert active.attrs is None, "limits that can cut values must disable the direct path"
+        assert active.direct is None, "limits that can cut values must disable the direct path"
         active.put({semconv.STEP_NAME: "a step name longer than eight"})
         active.change("waiting_for_human", "a reason longer than eight")
         active.finish(None)

@@ -6,7 +6,9 @@ workflow name with surrounding whitespace continued over baggage, and the inputs
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import math
+import threading
 from collections.abc import AsyncIterator, Generator, Iterator
 from fractions import Fraction
 from typing import Any
@@ -17,7 +19,7 @@ from opentelemetry import context as otel_context
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.sdk.trace import ReadableSpan
 
-from sessiontrace import semconv
+from sessiontrace import _attributes, semconv
 from sessiontrace.ai import confidence_from_logprobs, record_confidence, record_review
 from sessiontrace.testing import CapturedSpans
 from sessiontrace.workflow import admit_run, current_run, set_status, step, workflow
@@ -265,3 +267,46 @@ class TestReviewInputs:
         with pytest.raises(ValueError, match="label must be a string"):
             record_review(judged, "override", reason="wrong class", label=3)
         record_review(judged, "approve", reason="looks right", reviewer="u-7", label="high")
+
+
+# --- writes racing the end: what the SDK's own setters do --------------------------------------------
+class TestWritesRacingTheEnd:
+    """A thread that inherited a step's context may change its status while the step ends on
+    another, and a stream's answer may be recorded on one thread while another ends its span. Our
+    direct writes into the SDK's containers take the span's lock, as ``set_attribute`` and
+    ``add_event`` do: ``end()`` freezes the span under it, so no write lands after it (an
+    exporter reading an ended span must never see it change)."""
+
+    @staticmethod
+    def blocked_by_span_lock(span: Any, write: Any) -> list[Any]:
+        """Run ``write`` on another thread while this one holds ``span``'s lock; assert it waited."""
+        results: list[Any] = []
+        with span._lock:
+            writer = threading.Thread(target=lambda: results.append(write()))
+            writer.start()
+            writer.join(0.3)
+            assert writer.is_alive(), "the write did not wait for the span's lock"
+            assert results == []
+        writer.join(5)
+        assert not writer.is_alive()
+        return results
+
+    def test_a_status_change_from_another_thread_waits_for_the_span(self, capsession: CapturedSpans) -> None:
+        with step("shared"):
+            span = trace.get_current_span()
+            inherited = contextvars.copy_context()
+            results = self.blocked_by_span_lock(
+                span, lambda: inherited.run(set_status, "waiting_for_human", "asked a colleague")
+            )
+            assert results == [True]
+        assert statuses(only(capsession, "step shared")) == ["running", "waiting_for_human", "succeeded"]
+
+    def test_direct_attributes_wait_for_the_span_and_never_land_after_its_end(self, capsession: CapturedSpans) -> None:
+        span = tracer.start_span("answer")
+        results = self.blocked_by_span_lock(span, lambda: _attributes.add(span, {"k": "v"}, replace=True))
+        assert results == [True]
+        span.end()
+        assert _attributes.add(span, {"late": "v"}, replace=True) is False
+        attributes = only(capsession, "answer").attributes or {}
+        assert attributes["k"] == "v"
+        assert "late" not in attributes

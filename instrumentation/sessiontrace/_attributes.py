@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any, TypeGuard
 
 from opentelemetry.attributes import BoundedAttributes
+from opentelemetry.sdk.trace import Span
 
 
 def frozen(attributes: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
@@ -33,19 +34,26 @@ def has_room(attributes: object, count: int) -> TypeGuard[BoundedAttributes]:
     )
 
 
-def add(attributes: object, values: Mapping[str, Any], *, longest: int | None = None, replace: bool) -> bool:
+def add(span: object, values: Mapping[str, Any], *, longest: int | None = None, replace: bool) -> bool:
     """Put ``values`` (valid attribute values the SDK would store as they are: str, bool, int or
-    float, or tuples of them) into a live span's ``attributes`` under its lock, overwriting existing
-    keys only if ``replace``. ``longest``: the length of their longest string, when known (else it
-    is measured, and only if a value length limit is set). False, having changed nothing, when that
-    is not safe: not the SDK's container, already frozen, no room for all of them, or a value length
-    limit below their longest string."""
+    float, or tuples of them) into a live SDK span's attributes, overwriting existing keys only if
+    ``replace``. ``longest``: the length of their longest string, when known (else it is measured,
+    and only if a value length limit is set). False, having changed nothing, when that is not safe:
+    not an SDK span with the SDK's container, already ended, no room for all of them, or a value
+    length limit below their longest string."""
+    if not isinstance(span, Span):
+        return False
+    attributes = span._attributes
     if type(attributes) is not BoundedAttributes or attributes._immutable:
         return False
     limit = attributes.max_value_len
     if limit is not None and limit < (longest if longest is not None else _longest_string(values)):
         return False
-    with attributes._lock:
+    # The span's lock, as the SDK's own setters take it: end() freezes the container under it, and
+    # an exporter reading an ended span must never see it change.
+    with span._lock, attributes._lock:
+        if span._end_time is not None:
+            return False
         store = attributes._dict
         if attributes.maxlen is not None and len(store) + len(values) > attributes.maxlen:
             return False

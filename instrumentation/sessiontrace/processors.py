@@ -45,7 +45,7 @@ def session_attributes(context: Context | None = None) -> Mapping[str, Attribute
 def stamp(span: Any, attributes: Mapping[str, AttributeValue]) -> None:
     """Add ``attributes`` the span does not have yet: directly into the SDK's container (ours were
     validated once per session), else through the public API."""
-    if _attributes.add(getattr(span, "_attributes", None), attributes, longest=_LONGEST_VALUE, replace=False):
+    if _attributes.add(span, attributes, longest=_LONGEST_VALUE, replace=False):
         return
     if not span.is_recording():
         return

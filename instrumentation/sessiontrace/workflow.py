@@ -177,10 +177,10 @@ _ROOMY_LIMITS: set[SpanLimits] = set()
 """Span limits (one per provider) under which our values and shared event maps cannot be cut."""
 
 
-def _direct(span: Span) -> BoundedAttributes | None:
-    """The attribute container of ``span`` when our pre-validated values and shared status-event
-    maps may go into its containers as they are (an SDK span, limits that cannot bite, room to
-    spare); else None, and the public span API is used."""
+def _direct(span: Span) -> SdkSpan | None:
+    """``span`` as the SDK's span when our pre-validated values and shared status-event maps may go
+    into its containers as they are (an SDK span, limits that cannot bite, room to spare); else
+    None, and the public span API is used."""
     kind = type(span)
     if kind not in _SDK_SPAN_TYPES:
         if not isinstance(span, SdkSpan):
@@ -197,7 +197,7 @@ def _direct(span: Span) -> BoundedAttributes | None:
         ):
             return None
         _ROOMY_LIMITS.add(limits)
-    return attrs if _attributes.has_room(attrs, _OWN_ATTRIBUTES) else None
+    return sdk_span if _attributes.has_room(attrs, _OWN_ATTRIBUTES) else None
 
 
 _resolved_tracer: trace.Tracer | None = None
@@ -221,13 +221,12 @@ class _Activity:
     Its span starts running at once; the ``pending`` → ``running`` event is written together with
     the next change (usually the last), timestamped at the span's start: same events, one write."""
 
-    __slots__ = ("attrs", "context", "direct", "end_attributes", "span", "started", "status")
+    __slots__ = ("context", "direct", "end_attributes", "span", "started", "status")
 
     def __init__(self, span: Span, result_key: str, parent: Context) -> None:
         self.span = span
         # Decided once per span: direct writes into the SDK's containers, or the public API.
-        self.attrs = _direct(span)
-        self.direct = cast(SdkSpan, span) if self.attrs is not None else None
+        self.direct = _direct(span)
         self.end_attributes = _END_ATTRIBUTES[result_key]
         self.status = "running"
         self.started = False
@@ -236,14 +235,14 @@ class _Activity:
 
     def put(self, attributes: Mapping[str, AttributeValue]) -> None:
         """Set attributes we validated ourselves (names of at most ``MAX_NAME`` characters, ints)."""
-        if not _attributes.add(self.attrs, attributes, longest=MAX_NAME, replace=True):
+        if not _attributes.add(self.direct, attributes, longest=MAX_NAME, replace=True):
             self.span.set_attributes(attributes)
 
     def record(self, before: str, after: str, reason: str | None) -> None:
         """Record the change ``before`` → ``after``, preceded by the (deferred) start event."""
         span, direct = self.span, self.direct
         started, self.started = self.started, True
-        if direct is not None and direct._end_time is None:
+        if direct is not None:
             if reason is None:
                 event = _StatusEvent(_TRANSITIONS[before, after], time_ns())
             else:
@@ -254,11 +253,15 @@ class _Activity:
                 )
                 event = _StatusEvent(bounded, time_ns())
             events = cast("BoundedList[Event]", direct._events)  # the SDK's list: it enforces the event limit
-            if started:
-                events.append(event)
-            else:
-                events.extend((_StatusEvent(_PENDING_RUNNING, direct._start_time or 0), event))
-            return
+            # Under the span's lock, as the SDK adds events: a thread that inherited this step's
+            # context may change its status while the step ends, and an ended span never changes.
+            with direct._lock:
+                if direct._end_time is None:
+                    if started:
+                        events.append(event)
+                    else:
+                        events.extend((_StatusEvent(_PENDING_RUNNING, direct._start_time or 0), event))
+                    return
         if not started:
             span.add_event(
                 semconv.STATUS_CHANGE_EVENT,

@@ -262,7 +262,7 @@ def _set_attributes(span: Span, attributes: dict[str, Any]) -> None:
     """``span.set_attributes(attributes)`` for values the SDK stores as they are (str, bool, int,
     float, tuples of them): put straight into its container when no span limit can bite, they skip
     the SDK's validation pass, about a microsecond per attribute on every call."""
-    if not _attributes.add(getattr(span, "_attributes", None), attributes, replace=True):
+    if not _attributes.add(span, attributes, replace=True):
         span.set_attributes(attributes)
 
 
