@@ -714,6 +714,31 @@ class TestInstrumentor:
         client.messages.create(model=MODEL, max_tokens=64, messages=user("Hi"))
         assert ai_spans(capsession) == []
 
+    def test_spans_go_to_the_tracer_provider_it_was_given(
+        self, client: anthropic.Anthropic, capsession: CapturedSpans
+    ) -> None:
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+        exporter = InMemorySpanExporter()
+        own = TracerProvider()
+        own.add_span_processor(SimpleSpanProcessor(exporter))
+        AnthropicInstrumentor().instrument(tracer_provider=own)
+        try:
+            client.messages.create(model=MODEL, max_tokens=64, messages=user("Hi"))
+            with client.messages.stream(model=MODEL, max_tokens=64, messages=user("Hi")) as stream:
+                stream.until_done()
+        finally:
+            AnthropicInstrumentor().uninstrument()
+        assert [(span.name, span.instrumentation_scope.name) for span in exporter.get_finished_spans()] == [
+            (f"chat {MODEL}", "sessiontrace.ai")
+        ] * 2
+        assert ai_spans(capsession) == []
+        with pytest.raises(TypeError, match="tracer_provider must be an OpenTelemetry TracerProvider, got int"):
+            AnthropicInstrumentor().instrument(tracer_provider=7)
+        assert all(getattr(owner, name) is original for (owner, name), original in ORIGINALS.items())
+
     def test_missing_method_is_reported_once_and_skipped(
         self,
         client: anthropic.Anthropic,

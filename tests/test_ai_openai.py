@@ -727,6 +727,46 @@ class TestInstrumentor:
         finally:
             Completions.create = plain  # type: ignore[method-assign]
 
+    def test_spans_go_to_the_tracer_provider_it_was_given(self, capsession: CapturedSpans, client: Any) -> None:
+        """``instrument(tracer_provider=...)``, as every OpenTelemetry instrumentor takes it: an
+        application with a provider of its own, not the global one, gets the spans there."""
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+        exporter = InMemorySpanExporter()
+        own = TracerProvider()
+        own.add_span_processor(SimpleSpanProcessor(exporter))
+        instrumentor = OpenAIInstrumentor()
+        instrumentor.instrument(tracer_provider=own)
+        try:
+            client.chat.completions.create(model=MODEL, messages=HELLO)
+            for _ in client.chat.completions.create(model=MODEL, messages=HELLO, stream=True):
+                pass
+        finally:
+            instrumentor.uninstrument()
+        assert [(span.name, span.instrumentation_scope.name) for span in exporter.get_finished_spans()] == [
+            (f"chat {MODEL}", "sessiontrace.ai")
+        ] * 2
+        assert not capsession.named(f"chat {MODEL}")
+
+        instrumentor.instrument()  # and without one, the global provider again
+        try:
+            client.chat.completions.create(model=MODEL, messages=HELLO)
+        finally:
+            instrumentor.uninstrument()
+        assert len(capsession.named(f"chat {MODEL}")) == 1
+        assert len(exporter.get_finished_spans()) == 2
+
+    def test_a_tracer_provider_that_is_not_one_is_refused_before_anything_changes(self) -> None:
+        from openai.resources.chat.completions import Completions
+
+        plain = Completions.__dict__["create"]
+        with pytest.raises(TypeError, match="tracer_provider must be an OpenTelemetry TracerProvider, got str"):
+            OpenAIInstrumentor().instrument(tracer_provider="jaeger")
+        assert Completions.__dict__["create"] is plain
+        assert not OpenAIInstrumentor().is_instrumented_by_opentelemetry
+
     def test_a_method_mocked_before_instrumenting_still_answers(self, capsession: CapturedSpans, client: Any) -> None:
         from unittest import mock
 

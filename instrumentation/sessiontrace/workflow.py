@@ -52,14 +52,14 @@ from opentelemetry.util.types import AttributeValue
 from sessiontrace import _attributes, _values, semconv
 from sessiontrace._generators import Finish, Open, async_generator_in_context, generator_in_context
 from sessiontrace._log import warn_once
-from sessiontrace._version import __version__
+from sessiontrace._tracer import GlobalTracer
 from sessiontrace.context import current_session, new_session_id
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
 logger = logging.getLogger("sessiontrace")
-_tracer = trace.get_tracer("sessiontrace.workflow", __version__)
+_tracer = GlobalTracer("sessiontrace.workflow")
 
 _RUN_KEY = otel_context.create_key("sessiontrace.workflow.run")
 _ACTIVE_KEY = otel_context.create_key("sessiontrace.workflow.active")  # the innermost run or step
@@ -198,21 +198,6 @@ def _direct(span: Span) -> SdkSpan | None:
             return None
         _ROOMY_LIMITS.add(limits)
     return sdk_span if _attributes.has_room(attrs, _OWN_ATTRIBUTES) else None
-
-
-_resolved_tracer: trace.Tracer | None = None
-
-
-def _span_tracer() -> trace.Tracer:
-    """The global provider's tracer, resolved once a provider is set (the API allows setting it
-    only once), saving the proxy tracer's indirection on every span."""
-    global _resolved_tracer
-    if _resolved_tracer is None:
-        provider = trace.get_tracer_provider()
-        if isinstance(provider, trace.ProxyTracerProvider):
-            return _tracer
-        _resolved_tracer = provider.get_tracer("sessiontrace.workflow", __version__)
-    return _resolved_tracer
 
 
 class _Activity:
@@ -391,7 +376,7 @@ class _WorkflowDefinition:
         run = Run(self.name, self.run_id or new_session_id())
         ctx = context_with_run(run, context)
         try:
-            span = (_resolved_tracer or _span_tracer()).start_span(
+            span = _tracer.get().start_span(
                 self.span_name, ctx, SpanKind.INTERNAL, record_exception=False, set_status_on_exception=False
             )
             active = _Activity(span, semconv.WORKFLOW_RESULT, ctx)
@@ -445,7 +430,7 @@ class _StepDefinition:
 
     def open(self, context: Context, index: int | None, attempt: int) -> _Activity:
         try:
-            span = (_resolved_tracer or _span_tracer()).start_span(
+            span = _tracer.get().start_span(
                 self.span_name, context, SpanKind.INTERNAL, record_exception=False, set_status_on_exception=False
             )
             active = _Activity(span, semconv.STEP_RESULT, context)

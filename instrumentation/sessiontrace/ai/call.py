@@ -18,11 +18,14 @@ from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from sessiontrace import _attributes, semconv
-from sessiontrace._version import __version__
+from sessiontrace._tracer import GlobalTracer
 from sessiontrace.ai import content
 from sessiontrace.ai.confidence import record_confidence
 
-_tracer = trace.get_tracer("sessiontrace.ai", __version__)
+TRACER_NAME = "sessiontrace.ai"
+"""The instrumentation scope of AI spans, whichever provider they come from."""
+
+_tracer = GlobalTracer(TRACER_NAME)
 
 # Request settings with a GenAI attribute of their own; other settings are ignored.
 REQUEST_ATTRIBUTES: Mapping[str, str] = {
@@ -136,7 +139,9 @@ class AICall:
         input_messages: Sequence[Mapping[str, Any]] | None,
         system_instructions: str | Sequence[Mapping[str, Any]] | None,
         attributes: Mapping[str, Any] | None = None,
+        tracer: trace.Tracer | None = None,
     ) -> None:
+        """``tracer``: an instrumentor's own (from its ``tracer_provider``); default, the global one."""
         name, base = _name_and_base(operation, provider, model)
         found = base.copy()  # the cached dict itself is never handed out
         if attributes:
@@ -158,11 +163,13 @@ class AICall:
                 found[semconv.GEN_AI_SYSTEM_INSTRUCTIONS] = content.messages_json(parts)
         self._name = name
         self._attributes = found
+        self._tracer = tracer
         self._token: object = None
         self.span: Span = trace.INVALID_SPAN
 
     def __enter__(self) -> AICall:
-        self.span = _tracer.start_span(self._name, kind=SpanKind.CLIENT, attributes=self._attributes)
+        tracer = self._tracer or _tracer.get()
+        self.span = tracer.start_span(self._name, kind=SpanKind.CLIENT, attributes=self._attributes)
         self._token = otel_context.attach(trace.set_span_in_context(self.span))
         return self
 
@@ -250,7 +257,8 @@ class AICall:
         not be detached there. Make it current for a block with
         ``trace.use_span(call.span, end_on_exit=False)``; end it with ``end()``. ``context``: the
         parent's (default: the current one), for a caller that already holds it."""
-        self.span = _tracer.start_span(self._name, context=context, kind=SpanKind.CLIENT, attributes=self._attributes)
+        tracer = self._tracer or _tracer.get()
+        self.span = tracer.start_span(self._name, context=context, kind=SpanKind.CLIENT, attributes=self._attributes)
         return self
 
     def end(self) -> None:

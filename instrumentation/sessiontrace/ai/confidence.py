@@ -18,9 +18,9 @@ from opentelemetry import trace
 from opentelemetry.trace import Link, Span, SpanContext, SpanKind
 
 from sessiontrace import semconv
-from sessiontrace._version import __version__
+from sessiontrace._tracer import GlobalTracer
 
-_tracer = trace.get_tracer("sessiontrace.ai", __version__)
+_tracer = GlobalTracer("sessiontrace.ai")
 _LARGEST_LOG = math.log(sys.float_info.max)
 """The largest x whose ``exp(x)`` is a float (about 709.78)."""
 
@@ -103,7 +103,7 @@ def record_review(
     attributes: dict[str, str] = {semconv.GEN_AI_REVIEW_DECISION: decision}
     if reviewer:
         attributes[semconv.GEN_AI_REVIEWER] = reviewer
-    with _tracer.start_as_current_span(
+    with _tracer.get().start_as_current_span(
         semconv.GEN_AI_REVIEW_SPAN, kind=SpanKind.INTERNAL, links=[Link(judged)], attributes=attributes
     ) as span:
         event: dict[str, str | float] = {

@@ -44,8 +44,9 @@ from wrapt import ObjectProxy, wrap_function_wrapper
 
 from sessiontrace import semconv
 from sessiontrace._log import logger, warn_once
+from sessiontrace._tracer import given_tracer
 from sessiontrace.ai import content
-from sessiontrace.ai.call import AICall, endpoint, request_extras
+from sessiontrace.ai.call import TRACER_NAME, AICall, endpoint, request_extras
 from sessiontrace.ai.confidence import confidence_from_logprobs
 
 PROVIDER = "openai"
@@ -211,6 +212,8 @@ def _record_confidence(call: AICall, logprobs: list[float]) -> None:
         call.record_confidence(score, explanation=CONFIDENCE_EXPLANATION, name="confidence")
 
 
+_given: trace.Tracer | None = None
+"""The tracer of ``instrument(tracer_provider=...)``; None: the global provider's."""
 _azure_clients: tuple[type, ...] = ()
 """``openai``'s Azure client classes, found by ``instrument()``: their calls are ``azure.ai.openai``."""
 _providers: dict[type, str] = {}
@@ -269,6 +272,7 @@ class _Chat(_Api):
             input_messages=_chat_input(kwargs.get("messages")) if capture else None,
             system_instructions=None,  # OpenAI sends them as messages; they stay in the input messages
             attributes=request_extras(server, stream=kwargs.get("stream") is True, output_type=output_type),
+            tracer=_given,
         )
 
     def record(self, call: AICall, response: Any, capture: bool) -> None:
@@ -378,6 +382,7 @@ class _Responses(_Api):
             input_messages=_responses_input(kwargs.get("input")) if capture else None,
             system_instructions=instructions if capture and isinstance(instructions, str) else None,
             attributes=request_extras(server, stream=kwargs.get("stream") is True, output_type=output_type),
+            tracer=_given,
         )
 
     def record(self, call: AICall, response: Any, capture: bool, *, time_to_first_chunk: float | None = None) -> None:
@@ -867,7 +872,8 @@ class OpenAIInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     def _instrument(self, **kwargs: Any) -> None:
         import openai
 
-        global _azure_clients
+        global _azure_clients, _given
+        _given = given_tracer(TRACER_NAME, kwargs.get("tracer_provider"))  # refused before anything changes
         _azure_clients = tuple(
             cls for cls in (getattr(openai, "AzureOpenAI", None), getattr(openai, "AsyncAzureOpenAI", None)) if cls
         )
@@ -901,6 +907,8 @@ class OpenAIInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         _patched[:] = patched
 
     def _uninstrument(self, **kwargs: Any) -> None:
+        global _given
+        _given = None
         for cls, method, ours, original in _patched:
             if cls.__dict__.get(method) is ours:
                 setattr(cls, method, original)
