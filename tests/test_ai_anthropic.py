@@ -739,6 +739,24 @@ class TestInstrumentor:
             AnthropicInstrumentor().instrument(tracer_provider=7)
         assert all(getattr(owner, name) is original for (owner, name), original in ORIGINALS.items())
 
+    def test_suppressed_instrumentation_makes_no_span(
+        self, client: anthropic.Anthropic, capsession: CapturedSpans
+    ) -> None:
+        from opentelemetry.instrumentation.utils import suppress_instrumentation
+
+        AnthropicInstrumentor().instrument()
+        try:
+            with suppress_instrumentation():
+                message = client.messages.create(model=MODEL, max_tokens=64, messages=user("Hi"))
+                with client.messages.stream(model=MODEL, max_tokens=64, messages=user("Hi")) as stream:
+                    stream.until_done()
+            assert message.content
+            assert ai_spans(capsession) == []
+            client.messages.create(model=MODEL, max_tokens=64, messages=user("Hi"))  # and traced again after
+        finally:
+            AnthropicInstrumentor().uninstrument()
+        assert len(ai_spans(capsession)) == 1
+
     def test_missing_method_is_reported_once_and_skipped(
         self,
         client: anthropic.Anthropic,

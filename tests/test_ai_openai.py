@@ -758,6 +758,23 @@ class TestInstrumentor:
         assert len(capsession.named(f"chat {MODEL}")) == 1
         assert len(exporter.get_finished_spans()) == 2
 
+    def test_suppressed_instrumentation_makes_no_span(self, capsession: CapturedSpans, client: Any) -> None:
+        from opentelemetry.instrumentation.utils import suppress_instrumentation
+
+        instrumentor = OpenAIInstrumentor()
+        instrumentor.instrument()
+        try:
+            with suppress_instrumentation():
+                answer = client.chat.completions.create(model=MODEL, messages=HELLO)
+                chunks = list(client.chat.completions.create(model=MODEL, messages=HELLO, stream=True))
+            assert answer.choices[0].message.content == "".join(fake_wire.REPLY)
+            assert chunks
+            assert not capsession.named(f"chat {MODEL}")
+            client.chat.completions.create(model=MODEL, messages=HELLO)  # and traced again after
+        finally:
+            instrumentor.uninstrument()
+        assert len(capsession.named(f"chat {MODEL}")) == 1
+
     def test_a_tracer_provider_that_is_not_one_is_refused_before_anything_changes(self) -> None:
         from openai.resources.chat.completions import Completions
 

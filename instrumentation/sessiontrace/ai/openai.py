@@ -38,7 +38,7 @@ from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.context import Context
+from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY, Context
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 from wrapt import ObjectProxy, wrap_function_wrapper
 
@@ -667,6 +667,10 @@ def _bookkeeping_failed() -> None:
 
 
 def _begin(api: _Api, instance: Any, kwargs: Mapping[str, Any], capture: bool, context: Context) -> AICall | None:
+    """The call's span, started; None when it goes untraced (instrumentation suppressed, or our
+    bookkeeping failed)."""
+    if context.get(_SUPPRESS_INSTRUMENTATION_KEY):  # suppress_instrumentation(), as every instrumentor honours
+        return None
     try:
         return api.begin(kwargs, capture, *_target(instance)).start(context)
     except Exception:
