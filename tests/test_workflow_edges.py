@@ -310,3 +310,38 @@ class TestWritesRacingTheEnd:
         attributes = only(capsession, "answer").attributes or {}
         assert attributes["k"] == "v"
         assert "late" not in attributes
+
+
+# --- the global provider replaced ------------------------------------------------------------------------
+def test_spans_follow_the_global_provider_when_a_test_suite_resets_it(capsession: CapturedSpans) -> None:
+    """Test suites reset OpenTelemetry's globals between tests (its own test utilities do): our
+    steps and AI calls then go to the provider set since, not to the one they first saw."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.util._once import Once
+
+    from sessiontrace.ai import ai_call
+
+    with step("before"), ai_call(model="m-before"):
+        pass
+    assert capsession.named("step before")
+    assert capsession.named("chat m-before")
+
+    exporter = InMemorySpanExporter()
+    replacement = TracerProvider()
+    replacement.add_span_processor(SimpleSpanProcessor(exporter))
+    saved = trace._TRACER_PROVIDER, trace._TRACER_PROVIDER_SET_ONCE
+    trace._TRACER_PROVIDER, trace._TRACER_PROVIDER_SET_ONCE = None, Once()
+    try:
+        trace.set_tracer_provider(replacement)
+        with step("after"), ai_call(model="m-after"):
+            pass
+    finally:
+        trace._TRACER_PROVIDER, trace._TRACER_PROVIDER_SET_ONCE = saved
+    assert sorted(span.name for span in exporter.get_finished_spans()) == ["chat m-after", "step after"]
+    assert not capsession.named("step after")
+
+    with step("restored"):
+        pass
+    assert capsession.named("step restored")

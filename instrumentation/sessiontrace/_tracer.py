@@ -18,24 +18,26 @@ class GlobalTracer:
     """The global provider's tracer for one instrumentation scope.
 
     Until a provider is set, the API's proxy tracer serves (it follows the provider once one is
-    set). After, the provider's own tracer is taken once: the API lets the global provider be
-    set only once, and the proxy's indirection costs about a microsecond on every span."""
+    set). After, the provider's own tracer is taken and kept while that provider stays the global
+    one: the proxy's indirection costs about a microsecond on every span, and test suites that
+    reset OpenTelemetry's globals between tests must not find their spans sent to an old one."""
 
-    __slots__ = ("_name", "_proxy", "_resolved")
+    __slots__ = ("_name", "_provider", "_proxy", "_tracer")
 
     def __init__(self, name: str) -> None:
         self._name = name
         self._proxy = trace.get_tracer(name, __version__)
-        self._resolved: trace.Tracer | None = None
+        self._provider: object = None
+        self._tracer: trace.Tracer = self._proxy
 
     def get(self) -> trace.Tracer:
-        tracer = self._resolved
-        if tracer is None:
-            provider = trace.get_tracer_provider()
+        provider = trace.get_tracer_provider()
+        if provider is not self._provider:
             if isinstance(provider, trace.ProxyTracerProvider):
                 return self._proxy
-            tracer = self._resolved = provider.get_tracer(self._name, __version__)
-        return tracer
+            self._tracer = provider.get_tracer(self._name, __version__)
+            self._provider = provider
+        return self._tracer
 
 
 def given_tracer(name: str, provider: Any) -> trace.Tracer | None:
