@@ -255,3 +255,43 @@ def test_demo_service_that_cannot_start(tmp_path: Path) -> None:
     (line,) = done.stderr.splitlines()
     assert line.startswith("demo service ledger exited with 1: ")
     assert "Connection refused" in line or "connection failed" in line
+
+
+class TestWhereOptionsGo:
+    """Options where a user writes them, and the same forms in every command."""
+
+    def test_store_after_the_command_name(self, stored: tuple[Path, Scenario]) -> None:
+        store, scenario = stored
+        code, out, _ = run("sessions", "--store", str(store), "--format", "json")
+        assert code == 0
+        assert scenario.session_id in out
+        code, out, _ = run("path", scenario.session_id, "--store", str(store))
+        assert code == 0
+        assert scenario.session_id in out
+
+    def test_store_after_the_command_name_wins(self, stored: tuple[Path, Scenario], tmp_path: Path) -> None:
+        store, scenario = stored
+        code, out, _ = run("--store", str(tmp_path / "other.sqlite3"), "sessions", "--store", str(store))
+        assert code == 0
+        assert scenario.session_id in out
+
+    def test_audit_db_takes_a_sqlite_file_as_path_audit_db_does(self, tmp_path: Path) -> None:
+        from sqlalchemy import MetaData, create_engine
+
+        from sessiontrace.audit import audit_log_table
+
+        database = tmp_path / "audit.sqlite3"
+        engine = create_engine(f"sqlite:///{database}")
+        audit_log_table(MetaData()).metadata.create_all(engine)
+        engine.dispose()
+        code, out, err = run("audit", "verify", "--db", str(database))
+        assert (code, err) == (0, "")
+        assert out == "audit_log: empty, nothing to verify (0 rows/s)\n"
+        code, _, err = run("audit", "verify", "--db", str(tmp_path / "missing.sqlite3"))
+        assert code != 0
+        assert f"no SQLite database at {tmp_path / 'missing.sqlite3'}" in err
+
+    def test_demo_refuses_a_database_it_does_not_support(self, tmp_path: Path) -> None:
+        code, _, err = run("--store", str(tmp_path / "spans.sqlite3"), "demo", "--audit-db", "mysql://u@h/db")
+        assert code == 2
+        assert "--audit-db must be a SQLite or PostgreSQL database, not mysql" in err

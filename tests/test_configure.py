@@ -200,6 +200,29 @@ class TestNewProvider:
         assert work.service_name == "checkout"
 
 
+    def test_a_relative_store_is_reported_where_it_is_written(self, tmp_path: Path) -> None:
+        """``SESSIONTRACE_STORE=rel/spans.sqlite3`` is the directory configure() ran in: the
+        ``Configuration`` says where, absolute, as the spans are written there."""
+        result = run(
+            """
+            import json, os
+            from opentelemetry import trace
+            import sessiontrace
+
+            configuration = sessiontrace.configure()
+            with sessiontrace.session(user_id="alice"):
+                pass
+            trace.get_tracer_provider().shutdown()
+            print(json.dumps({"store_path": str(configuration.store_path)}))
+            """,
+            tmp_path,
+            {"SESSIONTRACE_STORE": "rel/spans.sqlite3"},
+        )
+        store = tmp_path / "rel" / "spans.sqlite3"
+        assert output(result)["store_path"] == str(store)
+        assert store.is_file()
+
+
 # --- the application already set up OpenTelemetry --------------------------------------------------------
 _APP_PROVIDER = """
 import json, os
@@ -358,6 +381,10 @@ class TestBadEnvironment:
                 {"SESSIONTRACE_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "carrier-pigeon"},
                 "OTEL_EXPORTER_OTLP_PROTOCOL",
             ),
+            (
+                {"SESSIONTRACE_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "carrier-pigeon"},
+                "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+            ),
         ],
         ids=[
             "exporter",
@@ -366,6 +393,7 @@ class TestBadEnvironment:
             "baggage-hosts",
             "signature-without-key",
             "protocol",
+            "traces-protocol",
         ],
     )
     def test_config_error_names_the_variable(self, tmp_path: Path, env: dict[str, str], named: str) -> None:

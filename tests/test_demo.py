@@ -181,7 +181,7 @@ class TestDemoChanges:
         assert f"audit log: {audit_path}" in out
         rows = _audit_rows(audit_path)
         for session_id in _session_ids(out):
-            assert f"again: sessiontrace path {session_id} --audit-db {audit_path}" in out
+            assert f"again: sessiontrace --store {store_path} path {session_id} --audit-db {audit_path}" in out
             spans = {span.span_id: span for span in _spans(store_path, session_id)}
             made = [
                 (spans[row["span_id"]].name, row["table_name"], row["change_type"])

@@ -7,7 +7,7 @@ the SDK and rich are imported inside the commands that need them.
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import date, datetime
 from pathlib import Path
@@ -31,14 +31,24 @@ MAX_LIMIT = 1_000_000
 MAX_SESSION_ID = 256
 
 
+_STORE_TYPE = click.Path(path_type=Path, dir_okay=False)
+_STORE_HELP = "Span store file. [env: SESSIONTRACE_STORE; default: $XDG_DATA_HOME/sessiontrace/spans.sqlite3]"
+
+
+def _store_after_command(command: Callable[..., None]) -> Callable[..., None]:
+    """``--store`` after the command name too (``sessiontrace sessions --store X``): it wins over
+    one before it."""
+
+    def override(ctx: click.Context, _: click.Parameter, value: Path | None) -> None:
+        if value is not None:
+            ctx.obj = value
+
+    option = click.option("--store", type=_STORE_TYPE, expose_value=False, callback=override, help=_STORE_HELP)
+    return option(command)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option(
-    "--store",
-    "store_path",
-    type=click.Path(path_type=Path, dir_okay=False),
-    envvar="SESSIONTRACE_STORE",
-    help="Span store file. [env: SESSIONTRACE_STORE; default: $XDG_DATA_HOME/sessiontrace/spans.sqlite3]",
-)
+@click.option("--store", "store_path", type=_STORE_TYPE, envvar="SESSIONTRACE_STORE", help=_STORE_HELP)
 @click.version_option(__version__, prog_name="sessiontrace")
 @click.pass_context
 def main(ctx: click.Context, store_path: Path | None) -> None:
@@ -54,6 +64,7 @@ def main(ctx: click.Context, store_path: Path | None) -> None:
 @main.command()
 @click.option("--limit", "-n", type=click.IntRange(min=1, max=MAX_LIMIT), default=20, show_default=True)
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@_store_after_command
 @click.pass_obj
 def sessions(store_path: Path, limit: int, fmt: str) -> None:
     """List recent sessions, newest first.
@@ -90,6 +101,7 @@ def sessions(store_path: Path, limit: int, fmt: str) -> None:
     help="Join the audit log in this database (SQLAlchemy URL or SQLite file): each change under its span, with"
     ' the diff (in JSON, a "changes" list on each span).',
 )
+@_store_after_command
 @click.pass_obj
 def path(store_path: Path, session_id: str, fmt: str, audit_db: str | None) -> None:
     """Show the full path of SESSION_ID: every span of every trace it touched.
@@ -149,6 +161,7 @@ def _join_audit_log(session_path: SessionPath, audit_db: str) -> None:
     help="Where the demo keeps its audited records: a SQLAlchemy URL (SQLite or PostgreSQL) or a SQLite file."
     " [default: claims-audit.sqlite3 next to the store]",
 )
+@_store_after_command
 @click.pass_obj
 def demo(store_path: Path, audit_db: str | None) -> None:
     """Run a small multi-service demo into the store and show its session path.
@@ -251,7 +264,7 @@ _DB_OPTION = click.option(
     "url",
     required=True,
     envvar="SESSIONTRACE_AUDIT_DB",
-    help="Database URL (PostgreSQL or sqlite:///file). [env: SESSIONTRACE_AUDIT_DB]",
+    help="PostgreSQL URL, SQLite URL or SQLite file. [env: SESSIONTRACE_AUDIT_DB]",
 )
 _TABLE_OPTION = click.option("--table", "audit_table", default="audit_log", show_default=True, help="Audit log table.")
 _SCHEMA_OPTION = click.option(
@@ -602,20 +615,19 @@ def _env_key(option: str, variable: str) -> bytes:
 
 
 def _audit_engine(url: str) -> tuple[Engine, str]:
-    """An engine for --db (PostgreSQL through psycopg 3, or SQLite), and the URL to show."""
+    """An engine for --db (PostgreSQL through psycopg 3, or SQLite: a URL or a file, as
+    ``path --audit-db`` takes it), and the URL to show."""
     from sqlalchemy import create_engine
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
+
+    from sessiontrace.sources.audit import AuditLogError, database_url
 
     try:
-        parsed = make_url(url)
-    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
+        parsed = database_url(url)
+    except AuditLogError:
         _fail("--db is not a database URL (postgresql://user@host:5432/dbname or sqlite:///file)", EXIT_USAGE)
     backend = parsed.get_backend_name()
     if backend not in ("postgresql", "sqlite"):
         _fail(f"--db must be a PostgreSQL or SQLite URL, not {backend}", EXIT_USAGE)
-    if parsed.drivername == "postgresql":
-        parsed = parsed.set(drivername="postgresql+psycopg")
     if backend == "sqlite":
         database = parsed.database or ""
         if database in ("", ":memory:") or database.startswith("file:"):

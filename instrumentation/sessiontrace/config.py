@@ -192,7 +192,8 @@ def configure(
         has_endpoint = env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
         kind = "otlp" if has_endpoint else "store"
     protocol = _otlp_protocol(env) if kind == "otlp" else None  # validated before anything changes
-    path = Path(store_path) if store_path is not None else _store_path(env)
+    # Absolute, as reported: a relative path means the directory configure() ran in.
+    path = (Path(store_path).expanduser() if store_path is not None else _store_path(env)).absolute()
     redactor = _redactor(redaction, read)
     if capture_content is not None:
         from sessiontrace.ai.content import set_capture_content
@@ -278,12 +279,13 @@ def _provider(given: TracerProvider | None, service_name: str | None) -> tuple[T
 
 
 def _otlp_protocol(env: Mapping[str, str]) -> str:
-    protocol = (
-        env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "http/protobuf"
-    )
-    if protocol not in ("grpc", "http/protobuf"):
-        raise ConfigError(f"OTEL_EXPORTER_OTLP_PROTOCOL must be grpc or http/protobuf, got {protocol!r}")
-    return protocol
+    for variable in ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"):  # the first set wins
+        protocol = env.get(variable)
+        if protocol:
+            if protocol not in ("grpc", "http/protobuf"):
+                raise ConfigError(f"{variable} must be grpc or http/protobuf, got {protocol!r}")
+            return protocol
+    return "http/protobuf"
 
 
 def _exporter(kind: ExporterKind, path: Path, protocol: str | None) -> SpanExporter:

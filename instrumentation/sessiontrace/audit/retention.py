@@ -95,7 +95,9 @@ def retire_partitions(
             )
         this_month: date = conn.execute(text("SELECT date_trunc('month', now() AT TIME ZONE 'UTC')::date")).scalar_one()
         if cutoff > this_month:
-            raise RetentionError(f"months up to {this_month:%Y-%m} can be retired, not the current month or later")
+            raise RetentionError(
+                f"--before can be at most {this_month:%Y-%m}: only the months before the current one can be retired"
+            )
         month_of = re.compile(re.escape(names.table) + r"_p(\d{4})(\d{2})")
         retiring = []
         for name in sorted(_partitions(conn, names)):

@@ -92,6 +92,10 @@ def run_demo(store_path: Path, audit_db: str | None = None) -> int:
     except AuditLogError as exc:
         print(f"--audit-db: {exc}", file=sys.stderr)
         return 2
+    backend = audit_url.get_backend_name()
+    if backend not in ("sqlite", "postgresql"):
+        print(f"--audit-db must be a SQLite or PostgreSQL database, not {backend}", file=sys.stderr)
+        return 2
     ports = {name: _free_port() for name in SERVICES}
     env = {
         **os.environ,
@@ -160,8 +164,11 @@ def run_demo(store_path: Path, audit_db: str | None = None) -> int:
     where = shown(audit_url)
     print(f"\nstore: {store_path}")
     print(f"audit log: {where}")
+    from sessiontrace.store import default_store_path
+
+    store_option = "" if store_path == default_store_path() else f"--store {shlex.quote(str(store_path))} "
     for answer in answers:
-        print(f"again: sessiontrace path {answer['session_id']} --audit-db {shlex.quote(where)}")
+        print(f"again: sessiontrace {store_option}path {answer['session_id']} --audit-db {shlex.quote(where)}")
     return code
 
 
