@@ -199,7 +199,6 @@ class TestNewProvider:
         assert list(work.attributes[semconv.USER_ROLES]) == ["clerk"]
         assert work.service_name == "checkout"
 
-
     def test_a_relative_store_is_reported_where_it_is_written(self, tmp_path: Path) -> None:
         """``SESSIONTRACE_STORE=rel/spans.sqlite3`` is the directory configure() ran in: the
         ``Configuration`` says where, absolute, as the spans are written there."""
