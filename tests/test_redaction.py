@@ -169,6 +169,9 @@ _FRAGMENTS = [
     *("4111.1111.1111.1111", "3.141592653589793", "0171/1234567", "+49 30/1234567", "/", "12/03/2024"),
     *("\u202f", "\u2007", "\u3000", "\uff14", "\uff11", "\uff10", "\uff0d", "\uff0b", "\uff14\uff11\uff11\uff11"),
     *("123 45 6789", "45 ", "josé@exämple.com", "用户@例子.中国", "अजय@डाटा.भारत", "\u0301", "电话"),
+    # Escaped and full-width "@" and dots, punycode, a JWT header cut by a cap, cue words, CJK prose.
+    *("\\u0040", "\\u002e", "alice\\u0040example", "\uff20", "\uff0e", ".xn--p1ai", "xn--", "SSN ", "请联系"),
+    *("eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9", "…[truncated 9 chars]", "Rechnung ", "Tel.-Nr. ", "Nr. ", "谢谢"),
 ]
 
 

@@ -1,8 +1,10 @@
 """Detector misses from the second review, each checked where a span leaves the process (an in-memory
 exporter behind the SDK, redaction installed first as ``configure()`` does): card digit groups
 separated by no-break spaces or dots, full-width digits, SSNs written with spaces, internationalised
-email addresses, phone numbers with a slash, a JWT cut by a size cap. And the other side: everyday
-text (prose, dates, versions, amounts, order numbers, URLs) that must be exported unchanged.
+email addresses, phone numbers with a slash, a JWT cut by a size cap; then addresses with a JSON-escaped
+or full-width ``@``, punycode top-level domains, a JWT cut inside its header. And the other side:
+everyday text (prose, dates, versions, amounts, order numbers, URLs, invoice numbers with a slash,
+numbers spaced like an SSN, CJK prose next to an address) that must be exported unchanged.
 
 Every value is exported twice: alone (a short string, the pure ``re`` path) and at the end of a
 long one (the hyperscan candidate finder), since the two paths must agree."""
@@ -274,3 +276,164 @@ class TestJwtAcrossTheCap:
         # Captured content is cut by its own cap, with a marker in place of the rest.
         text = "my token " + _jwt(payload_chars=40)[:40] + "…[truncated 3000 chars]"
         assert_exported(text, "my token [REDACTED:jwt]…[truncated 3000 chars]")
+
+
+class TestEscapedAndFullWidthEmails:
+    """An address written with JSON ``\\u`` escapes for its ``@`` or dots (some encoders escape them),
+    or with the full-width commercial at (CJK input methods type it), is an address all the same."""
+
+    @pytest.mark.parametrize(
+        ("text", "expected"),
+        [
+            ('{"to": "alice\\u0040example.com"}', '{"to": "[REDACTED:email]"}'),
+            ('{"to": "alice\\u0040example\\u002ecom"}', '{"to": "[REDACTED:email]"}'),
+            ('{"to": "alice@mail\\u002Eexample\\u002Ecom"}', '{"to": "[REDACTED:email]"}'),
+            ('{"to": "alice\\u002esmith\\u0040example.com"}', '{"to": "[REDACTED:email]"}'),
+            ('{"to": "\\nalice\\u0040example.com"}', '{"to": "\\n[REDACTED:email]"}'),
+            ("write to alice\uff20example.com today", "write to [REDACTED:email] today"),
+            (f"write to {fullwidth('alice@example.com')} today", "write to [REDACTED:email] today"),
+        ],
+    )
+    def test_address_is_redacted(self, text: str, expected: str) -> None:
+        assert_exported(text, expected)
+
+    @pytest.mark.parametrize(
+        "text",
+        [
+            '{"pkg": "pkg\\u00401.2.3"}',
+            '{"note": "meet me \\u0040 5pm"}',
+            '{"handle": "\\u0040alice"}',
+            '{"pair": "a\\u0040b"}',
+            "path C:\\users\\u0040x",
+        ],
+    )
+    def test_escaped_at_that_is_no_address_is_kept(self, text: str) -> None:
+        assert_exported(text, text)
+
+
+class TestPunycodeTopLevelDomains:
+    @pytest.mark.parametrize("address", ["bob@example.xn--p1ai", "bob@xn--e1afmkfd.xn--p1ai", "bob@EXAMPLE.XN--P1AI"])
+    def test_address_is_redacted(self, address: str) -> None:
+        assert_exported(f"write to {address} today", "write to [REDACTED:email] today")
+
+    def test_an_unfinished_punycode_label_is_no_domain(self) -> None:
+        assert_exported("see bob@example.xn-- now", "see bob@example.xn-- now")
+
+
+class TestJwtCutInItsHeader:
+    """A cap may cut a JWT before its payload: the header alone, or its first part, at the end of the
+    value or before a truncation marker, is the rest of a token."""
+
+    HEADER = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9"
+
+    @pytest.mark.parametrize(
+        "cut",
+        [
+            HEADER,
+            HEADER[:19],  # 16 characters after "eyJ"
+            HEADER + ".",
+            HEADER + ".ey",
+        ],
+    )
+    def test_at_the_end_of_the_value(self, cut: str) -> None:
+        assert_exported(f"bearer {cut}", "bearer [REDACTED:jwt]")
+
+    @pytest.mark.parametrize("marker", ["…[truncated 3000 chars]", "\\u2026[truncated 12 chars]"])
+    def test_before_a_truncation_marker(self, marker: str) -> None:
+        assert_exported(f'"my token {self.HEADER[:24]}{marker}"', f'"my token [REDACTED:jwt]{marker}"')
+
+    def test_sdk_attribute_length_limit(self) -> None:
+        jwt = _jwt(payload_chars=400, header_chars=36)
+        exported = export({"app.text": "bearer " + jwt}, limits=SpanLimits(max_span_attribute_length=30))
+        assert exported == {"app.text": "bearer [REDACTED:jwt]"}
+
+    @pytest.mark.parametrize(
+        "text",
+        [
+            "thanks eyJohnny",
+            "short eyJhbGciOiJIUzI1",  # 13 characters after "eyJ"
+            "cut eyJhbGciOiJIUzI…[truncated 3000 chars]",
+            "mid eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9 goes on",  # neither at the end nor before a marker
+        ],
+    )
+    def test_kept(self, text: str) -> None:
+        assert_exported(text, text)
+
+
+class TestSlashReferenceNumbers:
+    """A number after a word that names a reference (an invoice, an order) is that reference, though
+    it has the shape of a slash phone number."""
+
+    @pytest.mark.parametrize(
+        "text",
+        [
+            "Rechnung 0815/123456 vom 12.03.",
+            "Rechnungs-Nr. 0815/123456",
+            "Rechnungsnummer: 0821/1234567",
+            "Invoice No. 0815/123456",
+            "Bestellnummer 0815/123456",
+            "Order #0815/123456 shipped",
+            "Ref. 0815/123456",
+            "Aktenzeichen 0815/123456",
+            "Nr. 0815/123456",
+        ],
+    )
+    def test_reference_is_kept(self, text: str) -> None:
+        assert_exported(text, text)
+
+    @pytest.mark.parametrize(
+        ("text", "expected"),
+        [
+            ("Tel.-Nr. 0171/1234567", "Tel.-Nr. [REDACTED:phone]"),
+            ("Telefon Nr. 089/123 456 78", "Telefon Nr. [REDACTED:phone]"),
+            ("Telefonnummer 0821/123456", "Telefonnummer [REDACTED:phone]"),
+            ("Rechnung 0815/123456, Fax 0821/123456", "Rechnung 0815/123456, Fax [REDACTED:phone]"),
+            ("ruf mich an: 0815/123456", "ruf mich an: [REDACTED:phone]"),
+        ],
+    )
+    def test_phone_is_redacted(self, text: str, expected: str) -> None:
+        assert_exported(text, expected)
+
+
+class TestSpacedSsnNeedsACue:
+    """Three numbers 3-2-4 apart are an SSN only after a word that says so; dashed, they always are."""
+
+    @pytest.mark.parametrize(
+        "text",
+        [
+            "123 45 6789",
+            "id 123 45 6789 x",
+            "scores: 123 45 6789",
+            "session 123 45 6789",  # "ssn" inside a word is no cue
+        ],
+    )
+    def test_lone_spaced_numbers_are_kept(self, text: str) -> None:
+        assert_exported(text, text)
+
+    @pytest.mark.parametrize(
+        "cue",
+        ["SSN: ", "ssn ", "my SSN is ", "Social Security Number ", "social security no. ", "SS# ", "SSN#"],
+    )
+    def test_spaced_ssn_after_a_cue_is_redacted(self, cue: str) -> None:
+        assert_exported(f"{cue}123 45 6789 on file", f"{cue}[REDACTED:ssn] on file")
+
+    def test_dashed_ssn_needs_no_cue(self) -> None:
+        assert_exported("id 123-45-6789 x", "id [REDACTED:ssn] x")
+
+
+class TestCjkNextToAnAddress:
+    """CJK text has no spaces: prose glued to an ASCII address is not part of it."""
+
+    @pytest.mark.parametrize(
+        ("text", "expected"),
+        [
+            ("请联系alice@example.com", "请联系[REDACTED:email]"),
+            ("请联系alice.smith@example.com谢谢", "请联系[REDACTED:email]谢谢"),
+            ("メールはbob@example.jpまで", "メールは[REDACTED:email]まで"),
+            ("연락처bob@example.com", "연락처[REDACTED:email]"),
+            ("请联系用户@例子.中国", "[REDACTED:email]"),  # one script throughout: the whole run
+            ("联系bob@例子.com吧", "联系[REDACTED:email]吧"),
+        ],
+    )
+    def test_only_the_address_is_redacted(self, text: str, expected: str) -> None:
+        assert_exported(text, expected)

@@ -3,16 +3,18 @@
 Speed is the design constraint: every string of every span goes through ``scan()``. A pattern
 like ``\\b[\\w.]+@...`` makes CPython's ``re`` try the full engine at every character, which costs
 milliseconds on a 4 KB prompt. So every shape here is written to start *after* one "trigger"
-character that is rare in prose (the first digit of a number, ``@``, ``:``, ``=``, ``_``, ``-``,
-the ``J`` of ``eyJ``, the ``K`` of ``AKIA``...), and the one combined pattern begins with the class
-of all triggers: the engine then skips ordinary prose in C (about 5 ns a character) and tries the
-shapes only where a trigger occurs. Each shape checks the trigger it follows with a lookbehind;
-the part of a value that lies *before* its trigger (an email's local part, an IBAN's country
-code, the ``+`` of a phone number) is found by the shape's validator.
+character that is rare in prose (the first digit of a number, ``@``, the backslash of its JSON
+escape ``\\u0040``, ``:``, ``=``, ``_``, ``-``, the ``J`` of ``eyJ``, the ``K`` of ``AKIA``...), and
+the one combined pattern begins with the class of all triggers: the engine then skips ordinary
+prose in C (about 5 ns a character) and tries the shapes only where a trigger occurs. Each shape
+checks the trigger it follows with a lookbehind; the part of a value that lies *before* its trigger
+(an email's local part, an IBAN's country code, the ``+`` of a phone number) is found by the
+shape's validator.
 
-Characters that stand for ASCII ones in numbers (full-width digits, no-break and ideographic
-spaces, Unicode hyphens) are folded to them first, one for one (``fold()``): every shape is written
-for ASCII, and a value found in the folded text is at the same place in the original.
+Characters that stand for ASCII ones in numbers and addresses (full-width digits, at sign and full
+stop, no-break and ideographic spaces, Unicode hyphens) are folded to them first, one for one
+(``fold()``): every shape is written for ASCII, and a value found in the folded text is at the same
+place in the original. JSON escapes (``\\u0040``) are not one for one: the email shape reads them.
 
 A regular expression only proposes candidates. Validation in Python decides: the Luhn checksum
 for card numbers, ISO 7064 mod 97 for IBANs, the assignment rules for SSNs and National
@@ -22,7 +24,7 @@ that fails is left as it is, and the other shapes are tried at the same place.
 Long strings (a captured prompt) do not pay for even that one pass: CPython's ``re`` needs about
 5 ns a character just to look for a trigger, and far more at each one (JSON is full of ``:`` and
 digits). When the ``hyperscan`` package is importable, one hyperscan pass (a multi-pattern
-automaton, in C) lists the only places where a shape *can* start: an ``@``,
+automaton, in C) lists the only places where a shape *can* start: an ``@`` or ``\\u0040``,
 an ``eyJ``, an API key prefix, a secret word followed by ``:`` or ``=``, a number whose next 8
 characters are digits or separators, a number after two capitals. The combined pattern is then
 tried at those places alone, in order, exactly as ``search()`` would have met them: every place
@@ -143,12 +145,50 @@ def _card(text: str, start: int, end: int) -> int | tuple[int, int] | None:
     return None
 
 
+_SSN_CUE: Final = re.compile(r"(?<![a-z])(?:ssn|ss ?#|social security|soc\. ?sec)", re.IGNORECASE)
+_SSN_CUE_CHARS: Final = 32
+"""How far before a spaced SSN its cue may be: ``SSN: ``, ``my social security number is ``."""
+
+
 def _ssn(text: str, start: int, end: int) -> int | None:
     area, group, serial = text[start:end].replace(" ", "-").split("-")
     # SSA rules: no area 000, 666 or 9xx, no group 00, no serial 0000.
     if area in ("000", "666") or area[0] == "9" or group == "00" or serial == "0000":
         return None
+    # Spaced, three numbers are as likely scores or quantities: an SSN only where the text says so.
+    if text[start + 3] == " " and _SSN_CUE.search(text, max(0, start - _SSN_CUE_CHARS), start) is None:
+        return None
     return start
+
+
+_LAST_WORD: Final = re.compile(r"([^\W\d_]+)[\s.:#-]*\Z")
+"""The last word of a (lower-cased) text, and the punctuation after it: ``rechnungs-nr. ``."""
+_REFERENCE_WORDS: Final = (
+    *("rechnung", "invoice", "bestell", "order", "auftrag", "ref", "aktenzeichen", "vorgang"),
+    *("ticket", "vertrag", "contract", "beleg", "lieferschein", "kundennr", "kundennummer"),
+)
+_NUMBER_WORDS: Final = frozenset({"nr", "no", "nummer", "number"})
+_PHONE_WORDS: Final = (
+    *("tel", "phone", "fon", "fax", "mobil", "handy", "ruf", "call", "hotline", "durchwahl"),
+    *("kontakt", "contact", "festnetz", "privat"),
+)
+_CUE_CHARS: Final = 40
+"""How much text before a number is read for the word that names it."""
+
+
+def _names_a_reference(text: str, start: int) -> bool:
+    """Whether the word before the number at ``start`` names an invoice, order or other reference
+    (``Rechnung``, ``Bestellnummer``, ``Invoice No.``), or is a bare ``Nr.`` that no phone word
+    (``Tel.-Nr.``, ``Telefon Nr.``) precedes."""
+    window = text[max(0, start - _CUE_CHARS) : start].lower()
+    last = _LAST_WORD.search(window)
+    if last is None:
+        return False
+    word = last.group(1)
+    if word in _NUMBER_WORDS:
+        named = _LAST_WORD.search(window, 0, last.start())
+        return named is None or not named.group(1).startswith(_PHONE_WORDS)
+    return word.startswith(_REFERENCE_WORDS)
 
 
 def _phone(text: str, start: int, end: int) -> int | None:
@@ -156,6 +196,10 @@ def _phone(text: str, start: int, end: int) -> int | None:
     before = text[start - 1] if start else ""
     if before == "+":
         return start - 1 if 8 <= len(digits) <= 15 else None  # E.164: at most 15 digits
+    # Nothing in 0815/123456 tells a reference number from a phone number with a German area code
+    # (0821/123456 is Augsburg): the word before it does.
+    if "/" in text[start:end] and _names_a_reference(text, start):
+        return None
     if before == "(":
         start -= 1
     else:
@@ -204,18 +248,40 @@ _MARKS: Final = (
 """Combining marks (in a character class), which ``\\w`` lacks though they belong to the word they
 are in: the vowel signs of Indic and Southeast Asian scripts (their blocks whole), accents."""
 
-_LOCAL_PART_REVERSED: Final = re.compile(rf"[\w{_MARKS}.%+'-]{{1,64}}")
+_LOCAL_PART_REVERSED: Final = re.compile(rf"[\w{_MARKS}.%+'-]{{1,64}}(?:(?<=[eE]200u)\\[\w{_MARKS}.%+'-]*)*")
+"""A local part read backwards; a dot may be JSON-escaped (``\\u002e``, reversed ``e200u\\``)."""
+
+_CJK: Final = (
+    "\u3040-\u30ff\u3130-\u318f\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af"  # kana, jamo, ideographs, hangul
+    "\uf900-\ufaff\uff66-\uff9f\U00020000-\U0002fa1f"  # compatibility ideographs, half-width kana
+)
+"""The scripts written without spaces between words (in a character class)."""
+_CJK_CHAR: Final = re.compile(f"[{_CJK}]")
 
 _LABEL: Final = rf"(?:[^\W_]|[{_MARKS}-])"
 """One character of a domain label, in any script: a letter, digit, mark or hyphen."""
+_DOT: Final = r"(?:\.|\\u002[eE])"
+"""A dot between labels, or its JSON escape."""
+_TLD: Final = (
+    rf"(?:[A-Za-z]{{2,24}}(?=[{_CJK}])"  # an ASCII one with CJK prose glued after it: ends there
+    r"|[xX][nN]--[A-Za-z0-9-]{1,59}(?![\w-])"  # punycode (xn--p1ai)
+    rf"|(?:[^\W\d_]|[{_MARKS}]){{2,24}}(?![\w{_MARKS}-]))"  # letters in any script
+)
+"""The top-level domain. Letters only, or punycode: pkg@1.0.rc1 is a version."""
 
 
 def _email(text: str, start: int, end: int) -> int | None:
     # The local part, before the "@" trigger: matched on the reversed 64 characters before it.
-    local = _LOCAL_PART_REVERSED.match(text[start - 1 :: -1] if start <= 64 else text[start - 1 : start - 65 : -1])
+    before = text[start - 1 :: -1] if start <= 64 else text[start - 1 : start - 65 : -1]
+    local = _LOCAL_PART_REVERSED.match(before)
     if local is None:
         return None
     begin = start - local.end()
+    # CJK prose has no spaces: a local part that leaves CJK for another script starts where it does
+    # (请联系alice@...). One in a CJK script throughout is taken whole (用户@例子.中国).
+    cjk = None if before.isascii() else _CJK_CHAR.search(before, 0, local.end())
+    if cjk is not None and cjk.start():
+        begin = start - cjk.start()
     if begin and text[begin - 1] == "\\" and text[begin] in _JSON_ESCAPES:
         begin += 1  # "\\nbob@example.com" in JSON text: the address starts after the line break
     while begin < start and text[begin] in ".'":  # o'brien@, not 'bob@ of a quoted address
@@ -302,6 +368,8 @@ class _Shape:
     run starts at the quantity ``2``, and fails."""
 
 
+_CAP_MARKER: Final = r"(?:…|\\u2026)\[truncated "
+"""The start of the marker that ends a cut value (ours and captured content's), its "…" JSON-escaped too."""
 _DIGITS: Final = "0-9"
 _JSON_ESCAPE: Final = r"(?<=\\[nrt])"
 """After a JSON escape (``\\n``...): a separator, though its letter is a word character."""
@@ -314,20 +382,24 @@ _AFTER_SEPARATOR: Final = rf"(?<=(?:(?<![{_ASCII_WORD}.-])|{_JSON_ESCAPE})[0-9])
 SHAPES: Final = (
     _Shape(
         "email",
-        "@",
+        "@\\\\",
         # Domain labels and the top-level domain in any script (internationalised: exämple.com,
-        # 例子.中国, डाटा.भारत). Labels hold no underscore (foo@my_module.py is no address) and the
-        # TLD only letters (pkg@1.0.rc1 is a version).
-        rf"(?<=[\w{_MARKS}%+-]@){_LABEL}{{1,63}}(?:\.{_LABEL}{{1,63}}){{0,8}}"
-        rf"\.(?:[^\W\d_]|[{_MARKS}]){{2,24}}(?![\w{_MARKS}-])",
+        # 例子.中国, डाटा.भारत). Labels hold no underscore (foo@my_module.py is no address). In JSON
+        # text the "@" and the dots may be escaped (alice\u0040example\u002ecom): the trigger is then
+        # the backslash, and the marker replaces the escapes with the rest.
+        rf"(?:(?<=[\w{_MARKS}%+-]@)|(?<=[\w{_MARKS}%+-]\\)u0040)"
+        rf"{_LABEL}{{1,63}}(?:{_DOT}{_LABEL}{{1,63}}){{0,8}}{_DOT}{_TLD}",
         _email,
     ),
     _Shape(
         "jwt",
         "J",
         # header.payload.signature; the signature and the payload's end may be missing: a size cap
-        # before ours cut the token, and the claims before the cut are still personal data.
-        rf"(?<=(?:(?<![\w-])|{_JSON_ESCAPE})eyJ)[\w-]{{7,}}\.eyJ[\w-]*(?:\.[\w-]*)?(?![\w-])",
+        # before ours cut the token, and the claims before the cut are still personal data. A cap
+        # may even cut the header: then what is left of it ends the value or meets the cap's marker,
+        # and 16 characters or more after "eyJ" keep short words (eyJohn) out.
+        rf"(?<=(?:(?<![\w-])|{_JSON_ESCAPE})eyJ)(?:[\w-]{{7,}}\.eyJ[\w-]*(?:\.[\w-]*)?(?![\w-])"
+        rf"|[A-Za-z0-9_-]{{16,}}(?:\.(?:ey?)?)?(?={_CAP_MARKER}|\Z))",
         _jwt,
     ),
     _Shape(
@@ -365,7 +437,8 @@ SHAPES: Final = (
     _Shape(
         "ssn",
         _DIGITS,
-        # 123-45-6789, or 123 45 6789 standing alone (not three numbers of a longer row)
+        # 123-45-6789, or 123 45 6789 standing alone (not three numbers of a longer row) after a cue
+        # word (SSN, social security: see _ssn)
         _AFTER_SEPARATOR
         + rf"[0-9]{{2}}(?:-[0-9]{{2}}-[0-9]{{4}}|(?<![0-9] [0-9]{{3}}) [0-9]{{2}} [0-9]{{4}}(?! [0-9]))"
         rf"(?![{_ASCII_WORD}-])",
@@ -379,7 +452,8 @@ SHAPES: Final = (
         # +44 20 7946 0958, +49 30/1234567 (8-15 digits); (415) 555-0132; 415-555-0132, 020 7946 0958
         # (10-11 digits, ending in 4: a date and time, 2024-01-15 10:30, is not a phone number);
         # 0171/1234567, 089/123 456 78 (a trunk 0, the area code, a slash and 5 digits or more: not
-        # a date, 01/23/2024 or 06/2024 2500 rows, nor a path, /0171/1234567/)
+        # a date, 01/23/2024 or 06/2024 2500 rows, nor a path, /0171/1234567/, nor a reference a
+        # word names, Rechnung 0815/123456: see _phone)
         rf"(?:(?<=(?:(?<![{_ASCII_WORD}+])|{_JSON_ESCAPE})\+[0-9])"
         r"(?=(?:[ .()/-]{0,2}[0-9]){7})"
         r"[0-9]{0,2}(?:[ .-]?\([0-9]{1,4}\))?(?:[ ./-]?[0-9]{2,8}){1,5}"
@@ -444,9 +518,11 @@ _LOOKALIKES: Final = {
     "\u2009": " ",  # THIN SPACE
     "\u202f": " ",  # NARROW NO-BREAK SPACE
     "\u3000": " ",  # IDEOGRAPHIC SPACE
+    "\uff20": "@",  # FULLWIDTH COMMERCIAL AT
+    "\uff0e": ".",  # FULLWIDTH FULL STOP
 }
-"""Characters that stand for an ASCII digit, sign or blank in numbers: what CJK input methods type,
-what word processors and locales put between digit groups."""
+"""Characters that stand for an ASCII digit, sign or blank in numbers, or for the ``@`` and dots of an
+address: what CJK input methods type, what word processors and locales put between digit groups."""
 
 
 def fold(text: str) -> str:
@@ -561,7 +637,7 @@ def candidate_expressions(names: Iterable[str]) -> list[tuple[str, str, int]]:
     wanted = set(names)
     expressions: list[tuple[str, str, int]] = []
     if "email" in wanted:
-        expressions.append(("@", "@", 0))
+        expressions += [("@", "@", 0), (r"\\u0040", r"0400u\\", 0)]  # the "@" or its JSON escape
     if "jwt" in wanted:
         expressions.append(("eyJ", "Jye", 2))
     if "api_key" in wanted:
