@@ -421,7 +421,7 @@ class TestCli:
     @pytest.mark.parametrize(
         "args",
         [
-            ["--db", "not a url"],
+            ["--db", "postgresql://u@h:port/db"],  # a port that is not a number
             ["--db", "mysql://h/db"],
             ["--db", "sqlite://"],
             ["--db", "postgresql://h/db", "--checkpoints", "."],  # without --checkpoint-key-env

@@ -288,7 +288,7 @@ class TestWhereOptionsGo:
         assert (code, err) == (0, "")
         assert out == "audit_log: empty, nothing to verify (0 rows/s)\n"
         code, _, err = run("audit", "verify", "--db", str(tmp_path / "missing.sqlite3"))
-        assert code != 0
+        assert code == 4  # the database cannot be read, as for sqlite:///missing.sqlite3
         assert f"no SQLite database at {tmp_path / 'missing.sqlite3'}" in err
 
     def test_demo_refuses_a_database_it_does_not_support(self, tmp_path: Path) -> None:

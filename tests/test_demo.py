@@ -80,7 +80,7 @@ class TestDemo:
     """The demo prints both session ids (the clear-cut claim's first), then both paths."""
 
     def test_prints_the_session_ids_first(self, demo: tuple[Path, str]) -> None:
-        _, out = demo
+        store_path, out = demo
         first_line = out.splitlines()[0]
         ids = _session_ids(out)
         assert first_line == f"session.id: {ids[0]}"
@@ -88,7 +88,7 @@ class TestDemo:
         assert ids[0] != ids[1]
         assert all(UUID7.fullmatch(session_id) for session_id in ids), ids
         for session_id in ids:
-            assert f"sessiontrace path {session_id}" in out
+            assert f"sessiontrace --store {store_path} path {session_id}" in out  # not the default store
 
     def test_clear_cut_claim_is_decided_by_the_model(self, demo: tuple[Path, str]) -> None:
         clear, _ = _sections(demo[1])
