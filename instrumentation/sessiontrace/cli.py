@@ -593,16 +593,18 @@ def audit_revert(
 
 def _print_plan(plan: object) -> None:
     from sessiontrace.audit.revert import RevertPlan
+    from sessiontrace.render._format import escape
 
     assert isinstance(plan, RevertPlan)
+    # Escaped: the plan shows stored names and values, which must not drive the terminal.
     for operation in plan.operations:
-        click.echo(f"  {operation}")
+        click.echo(escape(f"  {operation}"))
     for conflict in plan.conflicts:
-        click.echo(f"conflict: {conflict}", err=True)
+        click.echo(escape(f"conflict: {conflict}"), err=True)
     for blocker in plan.blockers:
-        click.echo(f"cannot restore: {blocker}", err=True)
+        click.echo(escape(f"cannot restore: {blocker}"), err=True)
     for note in plan.skipped:
-        click.echo(f"forced: {note}", err=True)
+        click.echo(escape(f"forced: {note}"), err=True)
 
 
 def _env_key(option: str, variable: str) -> bytes:
@@ -705,7 +707,10 @@ def _store_error() -> type[Exception]:
 
 
 def _fail(message: str, code: int) -> NoReturn:
-    click.echo(f"sessiontrace: {message}", err=True)
+    from sessiontrace.render._format import escape
+
+    # It may quote stored values or arguments: escaped, line by line.
+    click.echo("sessiontrace: " + "\n".join(escape(line) for line in message.split("\n")), err=True)
     sys.exit(code)
 
 

@@ -41,6 +41,8 @@ class PathSpan:
     children: list[PathSpan] = field(default_factory=list)
     changes: tuple[StoredChange, ...] = ()
     """The audit log's changes made under this span (``attach_changes``), in chain order."""
+    unreadable: Mapping[str, str | None] = field(default_factory=dict)
+    """Stored columns that could not be read, with their stored text (``StoredSpan.unreadable``)."""
 
     @classmethod
     def from_stored(cls, span: StoredSpan) -> PathSpan:
@@ -60,6 +62,7 @@ class PathSpan:
             events=span.events,
             links=span.links,
             scope_name=span.scope_name,
+            unreadable=span.unreadable,
         )
 
     @property

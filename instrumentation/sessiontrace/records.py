@@ -52,6 +52,9 @@ class StoredSpan:
     links: tuple[StoredLink, ...] = ()
     resource: Mapping[str, Any] = field(default_factory=dict)
     scope_name: str | None = None
+    unreadable: Mapping[str, str | None] = field(default_factory=dict)
+    """Columns whose stored value was not of their shape (malformed JSON, a wrong type), each with
+    the stored text (``None`` for NULL); the field itself then holds a safe fallback."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +82,10 @@ class StoredChange:
     session_id: str | None = None
     user_id: str | None = None
     source: str = "orm"
+    unreadable: Mapping[str, str | None] = field(default_factory=dict)
+    """Columns whose stored value was not of their shape (a list where an object belongs, a
+    timestamp that is none), each with the stored text (``None`` for NULL); the field itself then
+    holds a safe fallback (``None``, empty, or a neighbour's time for ``time_ns``)."""
 
 
 @dataclass(frozen=True, slots=True)

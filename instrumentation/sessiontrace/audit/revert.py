@@ -28,6 +28,7 @@ PostgreSQL tables audited by the trigger mode, the triggers write the rows (attr
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -51,6 +52,7 @@ from sqlalchemy import (
     or_,
     select,
     text,
+    type_coerce,
     types,
     update,
 )
@@ -61,10 +63,11 @@ from sqlalchemy.sql.dml import Insert
 from sqlalchemy.types import TypeEngine
 
 from sessiontrace import _values
+from sessiontrace._stored import load_json, strings
 from sessiontrace.audit.encoding import MASKED, JsonValue, decode_value, encode_value
 from sessiontrace.audit.errors import AuditError
 from sessiontrace.audit.mixin import stamp_values
-from sessiontrace.audit.schema import AUDIT_TABLE, audit_log_table
+from sessiontrace.audit.schema import AUDIT_TABLE, CHANGE_TYPES, audit_log_table
 from sessiontrace.audit.writer import Change, write_changes
 
 __all__ = [
@@ -216,6 +219,7 @@ def revert_session(
     catalog = _Catalog(tables)
     with _transaction(bind) as conn:
         steps = _steps(conn, audit, sid)
+        _check_tables(conn, steps, catalog)
         if not dry_run:
             _lock(conn, steps, catalog)
         blockers = tuple(_blockers(steps))
@@ -244,11 +248,30 @@ def revert_session(
 # --- planning ----------------------------------------------------------------------------------------
 
 
-def _load(value: str | None) -> tuple[Any, Any]:
-    """A JSON column's text as (plain JSON, exact: non-integer numbers as ``Decimal``)."""
+class _Damaged(RevertError):
+    """An audit row the revert needs is not of the shape the log writes (see ``_steps``)."""
+
+    def __init__(self, seq: object, problem: str) -> None:
+        super().__init__(
+            f"audit row seq {seq} is damaged: {problem}; it cannot be reverted"
+            " (run `sessiontrace audit verify` to check the log)"
+        )
+
+
+def _load(value: str | None, column: str, seq: object) -> tuple[Any, Any]:
+    """A JSON object column's text as (plain JSON, exact: non-integer numbers as ``Decimal``);
+    ``_Damaged`` if it is anything but an object or NULL."""
     if value is None:
         return None, None
-    return json.loads(value), json.loads(value, parse_float=Decimal)
+    plain, ok = load_json(value)
+    if not ok or not (plain is None or isinstance(plain, dict)):
+        raise _Damaged(seq, f"{column} is not a JSON object ({_shown(value)})")
+    return plain, json.loads(value, parse_float=Decimal)
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _steps(conn: Connection, audit: Table, sid: str) -> list[_Step]:
@@ -274,14 +297,31 @@ def _steps(conn: Connection, audit: Table, sid: str) -> list[_Step]:
     for seq, table_name, record_id, change_type, fields_text, previous_text, new_text, source in rows:
         if seq is None:
             raise RevertError(f"audit rows of session {sid} are not chained (seq is NULL): verify the log first")
-        fields = tuple(json.loads(fields_text))
-        previous, previous_exact = _load(previous_text)
-        new, _ = _load(new_text)
+        # The log is input too (a superuser, a hand edit): a row the revert would act on must have
+        # the shape the writer gives it, or the revert would undo something else than was done.
+        if type(seq) is not int:
+            raise _Damaged(_shown(seq), "its seq is not a whole number")
+        if change_type not in CHANGE_TYPES:
+            raise _Damaged(seq, f"change_type {_shown(change_type)} is not one of {', '.join(CHANGE_TYPES)}")
+        if not isinstance(table_name, str) or not table_name:
+            raise _Damaged(seq, f"table_name {_shown(table_name)} names no table")
+        loaded, ok = load_json(fields_text)
+        fields = strings(loaded) if ok else None
+        if fields is None:
+            raise _Damaged(seq, f"changed_fields is not a JSON list of column names ({_shown(fields_text)})")
+        previous, previous_exact = _load(previous_text, "previous_values", seq)
+        new, _ = _load(new_text, "new_values", seq)
+        key, ok = load_json(record_id)
+        if not ok or not isinstance(key, dict) or not key:
+            raise _Damaged(seq, f"record_id {_shown(record_id)} is not a JSON object of primary key values")
         record = json.loads(record_id, parse_float=Decimal)
         if change_type == "insert":
             action, values, exact, recorded = "delete", {}, {}, new or {}
         elif change_type == "update":
             previous, previous_exact = previous or {}, previous_exact or {}
+            missing = [f for f in fields if f not in previous]
+            if missing:  # restoring them would write NULL over the record, not what it held
+                raise _Damaged(seq, f"previous_values lacks the changed field(s) {', '.join(missing)}")
             action, recorded = "update", previous
             values = {f: previous.get(f) for f in fields}
             exact = {f: previous_exact.get(f) for f in fields}
@@ -298,6 +338,23 @@ def _steps(conn: Connection, audit: Table, sid: str) -> list[_Step]:
         )
         steps.append(_Step(operation, record, exact, recorded, source == "trigger"))
     return steps
+
+
+def _check_tables(conn: Connection, steps: list[_Step], catalog: _Catalog) -> None:
+    """Every table and column the rows name must still exist: a dry run refuses what the revert
+    would, naming the row."""
+    for step in steps:
+        op = step.operation
+        try:
+            table = catalog.table(conn, op.table)
+        except RevertError as exc:
+            raise RevertError(f"audit row seq {op.seq}: {exc}") from None
+        wanted = [*step.record, *(name for name, value in op.values.items() if value != MASKED)]
+        gone = [_shown(name) for name in wanted if name not in table.c]  # repr: no control characters
+        if gone:
+            raise RevertError(
+                f"audit row seq {op.seq}: {table.fullname} has no column {', '.join(gone)} any more: cannot restore it"
+            )
 
 
 def _blockers(steps: list[_Step]) -> Iterator[Blocker]:
@@ -317,7 +374,8 @@ def _conflicts(conn: Connection, audit: Table, sid: str, steps: list[_Step]) -> 
     for (table_name, record_id), record_steps in by_record.items():
         first = min(s.operation.seq for s in record_steps)
         later_rows = conn.execute(
-            select(c.seq, c.session_id, cast(c.changed_fields, Text))
+            # The session as stored: the Uuid type would raise on a value that is no UUID.
+            select(c.seq, type_coerce(c.session_id, Text), cast(c.changed_fields, Text))
             .where(
                 c.table_name == table_name,
                 c.record_id == record_id,
@@ -327,7 +385,11 @@ def _conflicts(conn: Connection, audit: Table, sid: str, steps: list[_Step]) -> 
             .order_by(c.seq)
         ).all()
         for later_seq, later_session, later_fields in later_rows:
-            touched = set(json.loads(later_fields))
+            loaded, ok = load_json(later_fields)
+            later = strings(loaded) if ok else None
+            if later is None:  # what it touched is unknown: refuse rather than guess no conflict
+                raise _Damaged(later_seq, f"changed_fields is not a JSON list of column names ({_shown(later_fields)})")
+            touched = set(later)
             for step in sorted(record_steps, key=lambda s: s.operation.seq):
                 op = step.operation
                 if later_seq <= op.seq:
@@ -335,7 +397,17 @@ def _conflicts(conn: Connection, audit: Table, sid: str, steps: list[_Step]) -> 
                 for name in op.fields:
                     if name in touched and (table_name, record_id, name, later_seq) not in seen:
                         seen.add((table_name, record_id, name, later_seq))
-                        yield Conflict(table_name, record_id, name, op.seq, later_seq, later_session)
+                        yield Conflict(table_name, record_id, name, op.seq, later_seq, _uuid_text(later_session))
+
+
+def _uuid_text(value: object) -> str | None:
+    """A stored session id as canonical UUID text (SQLite keeps 32 hex digits), else as stored."""
+    if value is None:
+        return None
+    try:
+        return str(uuid.UUID(str(value)))
+    except ValueError:
+        return str(value)
 
 
 def _lock(conn: Connection, steps: list[_Step], catalog: _Catalog) -> None:
@@ -374,7 +446,7 @@ class _Catalog:
             try:
                 found = Table(bare, self._reflected, schema=schema or None, autoload_with=conn)
             except NoSuchTableError:
-                raise RevertError(f"table {name} (named in the audit log) does not exist") from None
+                raise RevertError(f"table {_shown(name)} (named in the audit log) does not exist") from None
             self._tables[name] = found
         return found
 

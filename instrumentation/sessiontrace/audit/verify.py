@@ -341,6 +341,10 @@ def _walk(
     count = 0
     for row in rows:
         seq = row[0]
+        if type(seq) is not int:  # SQLite stores what it is given: 2.5, or text
+            detail = f"the row after seq {prev_seq} has seq {seq!r}, which is not a whole number"
+            broken = Break(prev_seq + 1, SEQ_OUT_OF_RANGE, detail)
+            return count, first_seq, prev_seq or None, prev_hash, broken
         if first_seq is None:
             first_seq = seq
         if seq != prev_seq + 1:
@@ -383,7 +387,12 @@ def _stream(conn: Connection, target: str, after: int) -> Iterator[Sequence[Any]
         if postgres and name in (*_JSON_COLUMNS, "session_id"):
             columns.append(f"{name}::text")
         elif postgres and name == "change_timestamp":
-            columns.append("(extract(epoch FROM change_timestamp) * 1000000)::bigint")
+            # An infinite time has no epoch number (the cast would fail the whole walk); its text
+            # is hashed instead, which the trigger never does: the row is reported as modified.
+            columns.append(
+                "CASE WHEN isfinite(change_timestamp)"
+                " THEN (extract(epoch FROM change_timestamp) * 1000000)::bigint::text ELSE change_timestamp::text END"
+            )
         else:
             columns.append(name)
     sql = (
@@ -398,7 +407,7 @@ def _stream(conn: Connection, target: str, after: int) -> Iterator[Sequence[Any]
         return
     timestamp_index = chain.LINE_FIELDS.index("change_timestamp")
     last_text: object = None
-    last_micros = 0
+    last_micros: object = 0
     for partition in result.partitions():
         for row in partition:
             stored = row[timestamp_index]
@@ -410,12 +419,17 @@ def _stream(conn: Connection, target: str, after: int) -> Iterator[Sequence[Any]
             yield values
 
 
-def _sqlite_micros(stored: object) -> int:
+def _sqlite_micros(stored: object) -> object:
     if isinstance(stored, datetime):
         return chain.epoch_micros(stored)
     if isinstance(stored, (int, float)):
         return int(stored)
-    return chain.epoch_micros(datetime.fromisoformat(str(stored)))
+    try:
+        return chain.epoch_micros(datetime.fromisoformat(str(stored)))
+    except ValueError:
+        # Not a time (text that is none, NULL, year 0): the writer never stores one, so hash what
+        # is stored and let the row be reported as modified rather than stop the walk.
+        return stored
 
 
 def qualified(conn: Connection, name: str, schema: str | None) -> str:

@@ -43,6 +43,11 @@ database)::
       "source": str, "trace_id": str|null, "span_id": str|null
     }
 
+A span or a change whose stored columns could not be read (malformed JSON, a wrong type: a damaged
+or hand-edited store or log) has one more key, ``"unreadable": {column: str|null}``, each column's
+stored text (null for NULL); its field in the document then holds a safe fallback (``{}``, ``[]``,
+null, for a time the nearest one known).
+
 ``record_id`` is the primary key as the log keeps it (canonical JSON text, ``{"id":"CL-1"}``);
 values are as the log encodes them (a ``Decimal`` as a string, a datetime in ISO 8601, masked
 columns ``"[MASKED]"``), and any other non-JSON value is converted the same way, never an error.
@@ -226,6 +231,8 @@ def _span(span: PathSpan, origin: int, audit_joined: bool = False) -> dict[str, 
             {"trace_id": k.trace_id, "span_id": k.span_id, "attributes": _values(k.attributes)} for k in span.links
         ],
     }
+    if span.unreadable:
+        document["unreadable"] = dict(span.unreadable)
     if audit_joined:
         document["changes"] = [_change(c, origin) for c in span.changes]
     document["children"] = []
@@ -248,6 +255,7 @@ def _change(change: StoredChange, origin: int) -> dict[str, Any]:
         "source": change.source,
         "trace_id": change.trace_id,
         "span_id": change.span_id,
+        **({"unreadable": dict(change.unreadable)} if change.unreadable else {}),
     }
 
 

@@ -29,6 +29,7 @@ from rich.text import Text
 from rich.tree import Tree
 
 from sessiontrace import semconv
+from sessiontrace._stored import load_json
 from sessiontrace.path import PathSpan, SessionPath, unmatched_change_events
 from sessiontrace.records import StoredChange, StoredEvent
 from sessiontrace.render import _format
@@ -177,6 +178,8 @@ def _span_line(span: PathSpan, origin: int, *, is_first_failure: bool, names: Ma
         line.append("  " + text, style=style)
     if span.orphan:
         line.append("  (parent not stored)", style="dim italic")
+    if span.unreadable:
+        line.append(_unreadable("store", span.unreadable), style="yellow")
     if span.is_error:
         line.append("  ✗ " + short(span.status_message or "error", 120), style="red")
     if is_first_failure:
@@ -331,7 +334,14 @@ def _change_line(change: StoredChange, origin: int) -> Text:
     )
     if change.seq is not None:
         line.append(f"  audit #{change.seq}", style="dim")
+    if change.unreadable:
+        line.append(_unreadable("audit log", change.unreadable), style="yellow")
     return line
+
+
+def _unreadable(where: str, columns: Mapping[str, Any]) -> str:
+    """Says which stored columns were damaged; the JSON document keeps their stored text."""
+    return f"  ⚠ unreadable in the {where}: {', '.join(columns)} (stored text in --format json)"
 
 
 def _change_event_line(offset_ns: int, attributes: Mapping[str, Any], audit_joined: bool) -> Text:
@@ -403,8 +413,6 @@ def _json_object(text: Any) -> Mapping[str, Any] | None:
     """A JSON object from a span attribute (values recorded as JSON text), else ``None``."""
     if not isinstance(text, str):
         return None
-    try:
-        value = json.loads(text)
-    except ValueError:  # cut or redacted into something that is no longer JSON
-        return None
-    return value if isinstance(value, dict) else None
+    # Not JSON (cut or redacted), or nested too deep to render (a hostile record id): shown as text.
+    value, ok = load_json(text)
+    return value if ok and isinstance(value, dict) else None

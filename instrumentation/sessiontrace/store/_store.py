@@ -16,7 +16,6 @@ retries rather than giving up on the store.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import sqlite3
@@ -29,6 +28,7 @@ from typing import Any
 
 from opentelemetry.sdk.trace import ReadableSpan
 
+from sessiontrace._stored import load_json, stored_text, whole_number
 from sessiontrace.records import SessionSummary, StoredEvent, StoredLink, StoredSpan
 from sessiontrace.store._encode import Encoder, ResourceRow, SessionRow, SpanRow, scrub_rows
 from sessiontrace.store._errors import StoreBusy, StoreError, StoreNotFound, StoreNotWritable, StoreUnavailable
@@ -216,25 +216,15 @@ class SpanStore:
     # -- reading -------------------------------------------------------------------------------
     def sessions(self, limit: int = 20) -> list[SessionSummary]:
         """The most recent sessions, newest (latest ending) first."""
-        rows = self._query(_SESSIONS, (limit,))
-        return [
-            SessionSummary(
-                session_id=row[0],
-                first_start_ns=row[1],
-                last_end_ns=row[2],
-                span_count=row[3],
-                error_count=row[4],
-                user_id=row[5],
-                trigger_source=row[6],
-                root_name=row[7],
-                services=tuple(json.loads(row[8])),
-            )
-            for row in rows
-        ]
+        return [_summary(row) for row in self._query(_SESSIONS, (limit,))]
 
     def session_spans(self, session_id: str) -> list[StoredSpan]:
         """Every span of every trace that has a span of ``session_id``, by start time."""
-        return [_stored(row) for row in self._query(_SESSION_SPANS, (session_id.lower(),))]
+        rows = self._query(_SESSION_SPANS, (session_id.lower(),))
+        # A span whose start is not a number (a damaged row) is placed at its end, else at the
+        # session's first start: somewhere sensible in the path, never at 1970 or beyond 2262.
+        earliest = min((start for row in rows if (start := whole_number(row[5])) is not None), default=0)
+        return [_stored(row, earliest) for row in rows]
 
     def span_count(self) -> int:
         return int(self._query("SELECT count(*) FROM spans", ())[0][0])
@@ -242,7 +232,18 @@ class SpanStore:
     def _query(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
         with self._lock:
             try:
-                return self._conn.execute(sql, params).fetchall()
+                try:
+                    return self._conn.execute(sql, params).fetchall()
+                except sqlite3.OperationalError as exc:
+                    if "could not decode to utf-8" not in str(exc).lower():
+                        raise
+                # Text that is not UTF-8 (a damaged file, another program's write) is read with
+                # U+FFFD for its bad bytes rather than refusing every span; rare, so only on retry.
+                self._conn.text_factory = _lenient_text
+                try:
+                    return self._conn.execute(sql, params).fetchall()
+                finally:
+                    self._conn.text_factory = str
             except sqlite3.DatabaseError as exc:
                 raise _classify(exc, self.path) from exc
 
@@ -318,26 +319,118 @@ def _classify(exc: sqlite3.DatabaseError, path: Path) -> StoreError:
     return not_a_store(path)
 
 
-def _stored(row: tuple[Any, ...]) -> StoredSpan:
-    events = json.loads(row[12]) if row[12] else ()
-    links = json.loads(row[13]) if row[13] else ()
-    kind = row[4]
-    status = row[7]
-    return StoredSpan(
-        trace_id=row[0],
-        span_id=row[1],
-        parent_span_id=row[2],
-        name=row[3],
-        kind=_KINDS[kind] if 0 <= kind < len(_KINDS) else str(kind),
-        start_ns=row[5],
-        end_ns=row[6],
-        status_code=_STATUSES[status] if 0 <= status < len(_STATUSES) else str(status),
-        status_message=row[8],
-        service_name=row[9],
-        session_id=row[10],
-        attributes=json.loads(row[11]),
-        events=tuple(StoredEvent(e["name"], e["time_ns"], e["attributes"]) for e in events),
-        links=tuple(StoredLink(k["trace_id"], k["span_id"], k["attributes"]) for k in links),
-        resource=json.loads(row[14]) if row[14] else {},
-        scope_name=row[15],
+def _lenient_text(raw: bytes) -> str:
+    return raw.decode("utf-8", "replace")
+
+
+# Every read column is checked: a store file is input, whoever wrote it (another version, a hand
+# edit, a damaged disk). A value of the wrong shape falls back to a safe one and its stored text is
+# kept in ``unreadable``, so one damaged span neither hides the path nor crashes a renderer.
+def _name(value: object, names: tuple[str, ...], default: str) -> str:
+    """An OTLP enum number as its name; NULL as the default; anything else as stored."""
+    number = whole_number(value)
+    if number is not None and 0 <= number < len(names):
+        return names[number]
+    return default if value is None else str(stored_text(value))
+
+
+def _summary(row: tuple[Any, ...]) -> SessionSummary:
+    first, last = whole_number(row[1]), whole_number(row[2])
+    services, ok = load_json(row[8])
+    return SessionSummary(
+        session_id=stored_text(row[0]) or "",
+        first_start_ns=first if first is not None else last or 0,
+        last_end_ns=last if last is not None else first or 0,
+        span_count=whole_number(row[3]) or 0,
+        error_count=whole_number(row[4]) or 0,
+        user_id=stored_text(row[5]),
+        trigger_source=stored_text(row[6]),
+        root_name=stored_text(row[7]),
+        # Derived from the spans, which keep the truth: a damaged list just shows what it can.
+        services=tuple(s for s in services if isinstance(s, str)) if ok and isinstance(services, list) else (),
     )
+
+
+def _stored(row: tuple[Any, ...], earliest: int = 0) -> StoredSpan:
+    unreadable: dict[str, str | None] = {}
+
+    def json_column(index: int, name: str, check: Any, fallback: Any, required: bool = False) -> Any:
+        if row[index] is None and not required:  # none stored: no events, no links
+            return fallback
+        value, ok = load_json(row[index])
+        read = check(value) if ok else None
+        if read is None:
+            unreadable[name] = stored_text(row[index])
+            return fallback
+        return read
+
+    def required_text(index: int, name: str) -> str:
+        value = stored_text(row[index])
+        if value is None:
+            unreadable[name] = None
+        return value or ""
+
+    end = whole_number(row[6])
+    if end is None and row[6] is not None:
+        unreadable["end_ns"] = stored_text(row[6])
+    start = whole_number(row[5])
+    if start is None:
+        unreadable["start_ns"] = stored_text(row[5])
+        start = end if end is not None else earliest
+    return StoredSpan(
+        trace_id=required_text(0, "trace_id"),
+        span_id=required_text(1, "span_id"),
+        parent_span_id=stored_text(row[2]),
+        name=required_text(3, "name"),
+        kind=_name(row[4], _KINDS, "INTERNAL"),
+        start_ns=start,
+        end_ns=end,
+        status_code=_name(row[7], _STATUSES, "UNSET"),
+        status_message=stored_text(row[8]),
+        service_name=stored_text(row[9]),
+        session_id=stored_text(row[10]),
+        attributes=json_column(11, "attributes", _object, {}, required=True),
+        events=json_column(12, "events", _events, ()),
+        links=json_column(13, "links", _links, ()),
+        resource=json_column(14, "resource", _object, {}),
+        scope_name=stored_text(row[15]),
+        unreadable=unreadable,
+    )
+
+
+def _object(value: Any) -> dict[str, Any] | None:
+    return value if isinstance(value, dict) else None
+
+
+def _events(value: Any) -> tuple[StoredEvent, ...] | None:
+    """The events as the exporter writes them, or ``None`` if any is not of that shape."""
+    if not isinstance(value, list):
+        return None
+    events = []
+    for e in value:
+        if not (
+            isinstance(e, dict)
+            and isinstance(e.get("name"), str)
+            and whole_number(e.get("time_ns")) is not None
+            and isinstance(e.get("attributes", {}), dict)
+        ):
+            return None
+        events.append(StoredEvent(e["name"], e["time_ns"], e.get("attributes", {})))
+    return tuple(events)
+
+
+def _links(value: Any) -> tuple[StoredLink, ...] | None:
+    """The links as the exporter writes them, or ``None`` if any is not of that shape."""
+    if not isinstance(value, list):
+        return None
+    links = []
+    for k in value:
+        if not (
+            isinstance(k, dict)
+            and isinstance(k.get("trace_id"), str)
+            and isinstance(k.get("span_id"), str)
+            and isinstance(k.get("attributes", {}), dict)
+        ):
+            return None
+        links.append(StoredLink(k["trace_id"], k["span_id"], k.get("attributes", {})))
+    return tuple(links)
