@@ -114,6 +114,38 @@ class TestUnencodableText:
             json.loads(text)
 
 
+class TestSessionIdsNoCommandCanOpen:
+    """Other instrumentation sets ``session.id`` to anything. A value ``sessiontrace path`` refuses
+    (over 256 characters, control characters) names no session: its span is kept, under none, and
+    ``sessions`` never lists an id that cannot be opened."""
+
+    @pytest.mark.parametrize("session_id", ["s" * 257, "abc\x1b[2J", ""])
+    def test_the_span_is_stored_under_no_session(self, tmp_path: Path, session_id: str) -> None:
+        store_path = tmp_path / "spans.sqlite3"
+        ctx = SpanContext(0xFACE, 0xF00D, is_remote=False, trace_flags=TraceFlags(1))
+        odd = ReadableSpan("odd", context=ctx, attributes={semconv.SESSION_ID: session_id}, start_time=1, end_time=2)
+        exporter = StoreSpanExporter(store_path)
+        assert exporter.export([odd, *_spans(2)]) is SpanExportResult.SUCCESS
+        exporter.shutdown()
+
+        with SpanStore(store_path, readonly=True) as store:
+            assert store.span_count() == 3
+            assert [session.session_id for session in store.sessions()] == [SID]
+
+    def test_the_longest_id_path_opens_is_listed(self, tmp_path: Path) -> None:
+        store_path = tmp_path / "spans.sqlite3"
+        longest = "s" * 256
+        ctx = SpanContext(0xFACE, 0xF00D, is_remote=False, trace_flags=TraceFlags(1))
+        span = ReadableSpan("long", context=ctx, attributes={semconv.SESSION_ID: longest}, start_time=1, end_time=2)
+        exporter = StoreSpanExporter(store_path)
+        assert exporter.export([span]) is SpanExportResult.SUCCESS
+        exporter.shutdown()
+
+        with SpanStore(store_path, readonly=True) as store:
+            assert [session.session_id for session in store.sessions()] == [longest]
+            assert [s.name for s in store.session_spans(longest)] == ["long"]
+
+
 # -- fork -------------------------------------------------------------------------------------
 def _child_export(exporter: StoreSpanExporter, first: int) -> None:
     # A deadlocked child dies of SIGALRM instead of hanging the run (default action: a plugin's

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, NoReturn
 import click
 
 from sessiontrace._version import __version__
+from sessiontrace.records import MAX_SESSION_ID, is_listed_session_id
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -28,7 +29,6 @@ EXIT_STORE = 2
 EXIT_USAGE = 2
 
 MAX_LIMIT = 1_000_000
-MAX_SESSION_ID = 256
 
 
 _STORE_TYPE = click.Path(path_type=Path, dir_okay=False)
@@ -649,7 +649,7 @@ def _valid_session_id(value: str) -> str:
     instrumentation set, of 1 to ``MAX_SESSION_ID`` printable characters."""
     from sessiontrace._values import shown
 
-    if not value or len(value) > MAX_SESSION_ID or not value.isprintable():
+    if not is_listed_session_id(value):
         raise click.BadParameter(
             f"a session id is 1 to {MAX_SESSION_ID} printable characters, got {shown(value)}",
             param_hint="SESSION_ID",

@@ -12,6 +12,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+MAX_SESSION_ID = 256
+"""The longest session id a source lists and ``sessiontrace path`` opens (other instrumentation
+sets ids that are not UUIDs, but none this long)."""
+
+
+def is_listed_session_id(value: str) -> bool:
+    """Whether a span's ``session.id`` names a session to list and open: 1 to ``MAX_SESSION_ID``
+    printable characters. A span with any other stays stored, under no session."""
+    return 0 < len(value) <= MAX_SESSION_ID and value.isprintable()
+
 
 @dataclass(frozen=True, slots=True)
 class StoredEvent:

@@ -22,6 +22,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from sessiontrace import semconv
 from sessiontrace._attributes import frozen
+from sessiontrace.records import is_listed_session_id
 
 _ERROR = StatusCode.ERROR
 # Enum .value is a slow descriptor on the hot path; these are the OTLP numbers.
@@ -142,7 +143,9 @@ class Encoder:
             start = span.start_time or 0
             end = span.end_time
             raw_session = attrs.get(session_key)
-            session_id = raw_session.lower() if isinstance(raw_session, str) else None
+            session_id = (  # under no session when `sessiontrace path` could not open it
+                raw_session.lower() if isinstance(raw_session, str) and is_listed_session_id(raw_session) else None
+            )
             scope = span.instrumentation_scope
             events = span.events
             links = span.links
