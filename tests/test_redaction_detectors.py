@@ -375,7 +375,7 @@ class TestSlashReferenceNumbers:
             "Order #0815/123456 shipped",
             "Ref. 0815/123456",
             "Aktenzeichen 0815/123456",
-            "Nr. 0815/123456",
+            "Auftragsnummer 0815/123456",
         ],
     )
     def test_reference_is_kept(self, text: str) -> None:
@@ -389,6 +389,14 @@ class TestSlashReferenceNumbers:
             ("Telefonnummer 0821/123456", "Telefonnummer [REDACTED:phone]"),
             ("Rechnung 0815/123456, Fax 0821/123456", "Rechnung 0815/123456, Fax [REDACTED:phone]"),
             ("ruf mich an: 0815/123456", "ruf mich an: [REDACTED:phone]"),
+            # a reference word inside a phone's name, or a number no reference word names: a phone
+            ("Bestelltelefon: 0800/1234567", "Bestelltelefon: [REDACTED:phone]"),
+            ("Bestellhotline 089/1234567", "Bestellhotline [REDACTED:phone]"),
+            ("Ticketservice 01806/570070", "Ticketservice [REDACTED:phone]"),
+            ("Auftragsannahme 089/1234567", "Auftragsannahme [REDACTED:phone]"),
+            ("Orderline: 089/1234567", "Orderline: [REDACTED:phone]"),
+            ("Rückruf unter Nr. 0171/1234567", "Rückruf unter Nr. [REDACTED:phone]"),
+            ("Nr. 0815/123456", "Nr. [REDACTED:phone]"),
         ],
     )
     def test_phone_is_redacted(self, text: str, expected: str) -> None:
@@ -404,7 +412,7 @@ class TestSpacedSsnNeedsACue:
             "123 45 6789",
             "id 123 45 6789 x",
             "scores: 123 45 6789",
-            "session 123 45 6789",  # "ssn" inside a word is no cue
+            "classnote 123 45 6789",  # "ssn" inside a word is no cue
         ],
     )
     def test_lone_spaced_numbers_are_kept(self, text: str) -> None:

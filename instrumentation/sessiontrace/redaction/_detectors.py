@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final, Literal
 
@@ -163,23 +163,33 @@ def _ssn(text: str, start: int, end: int) -> int | None:
 
 _LAST_WORD: Final = re.compile(r"([^\W\d_]+)[\s.:#-]*\Z")
 """The last word of a (lower-cased) text, and the punctuation after it: ``rechnungs-nr. ``."""
-_REFERENCE_WORDS: Final = (
-    *("rechnung", "invoice", "bestell", "order", "auftrag", "ref", "aktenzeichen", "vorgang"),
-    *("ticket", "vertrag", "contract", "beleg", "lieferschein", "kundennr", "kundennummer"),
+_REFERENCE_WORDS: Final = frozenset(
+    {"rechnung", "invoice", "bestellung", "order", "auftrag", "ref", "referenz", "reference", "aktenzeichen"}
+    | {"vorgang", "ticket", "vertrag", "contract", "beleg", "lieferschein", "kundennr", "kundennummer"}
 )
-_NUMBER_WORDS: Final = frozenset({"nr", "no", "nummer", "number"})
-_PHONE_WORDS: Final = (
-    *("tel", "phone", "fon", "fax", "mobil", "handy", "ruf", "call", "hotline", "durchwahl"),
-    *("kontakt", "contact", "festnetz", "privat"),
+"""Words that name a reference number by themselves: ``Rechnung 0815/123456``."""
+_REFERENCE_STEMS: Final = (
+    *("rechnung", "invoice", "bestell", "order", "auftrag", "ref", "akten", "vorgang", "ticket"),
+    *("vertrag", "contract", "beleg", "lieferschein", "kunden"),
 )
+"""The first part of a compound that names one when it ends in a number word (``Bestellnummer``),
+or stands before ``Nr.`` (``Rechnungs-Nr.``)."""
+_NUMBER_WORDS: Final = ("nummer", "number", "nr", "no")
+_PHONE_PARTS: Final = (
+    *("fon", "phone", "fax", "mobil", "handy", "ruf", "call", "hotline", "line", "service"),
+    *("durchwahl", "kontakt", "contact", "festnetz", "privat"),
+)
+"""Any word holding one of these names a phone (``Bestelltelefon``, ``Ticketservice``, ``Orderline``),
+whatever else it holds; so does ``Tel``, as a word (``bestellnummer`` holds "tel" too)."""
 _CUE_CHARS: Final = 40
 """How much text before a number is read for the word that names it."""
 
 
 def _names_a_reference(text: str, start: int) -> bool:
-    """Whether the word before the number at ``start`` names an invoice, order or other reference
-    (``Rechnung``, ``Bestellnummer``, ``Invoice No.``), or is a bare ``Nr.`` that no phone word
-    (``Tel.-Nr.``, ``Telefon Nr.``) precedes."""
+    """Whether the word before the number at ``start`` names an invoice, order or other reference:
+    ``Rechnung``, ``Bestellnummer``, or ``Nr.``/``No.`` after such a word (``Invoice No.``). A word
+    that may name a phone (``Bestellhotline``), a bare ``Nr.`` or anything else does not: when in
+    doubt the number is redacted."""
     window = text[max(0, start - _CUE_CHARS) : start].lower()
     last = _LAST_WORD.search(window)
     if last is None:
@@ -187,8 +197,14 @@ def _names_a_reference(text: str, start: int) -> bool:
     word = last.group(1)
     if word in _NUMBER_WORDS:
         named = _LAST_WORD.search(window, 0, last.start())
-        return named is None or not named.group(1).startswith(_PHONE_WORDS)
-    return word.startswith(_REFERENCE_WORDS)
+        return named is not None and _no_phone(named.group(1)) and named.group(1).startswith(_REFERENCE_STEMS)
+    if not _no_phone(word):
+        return False
+    return word in _REFERENCE_WORDS or (word.startswith(_REFERENCE_STEMS) and word.endswith(_NUMBER_WORDS))
+
+
+def _no_phone(word: str) -> bool:
+    return word != "tel" and not any(part in word for part in _PHONE_PARTS)
 
 
 def _phone(text: str, start: int, end: int) -> int | None:
@@ -688,12 +704,38 @@ class _Finder:
         return [size - distance for distance in found]
 
 
+_ESCAPED_AT: Final = "\\u0040"
+"""An "@" escaped in JSON text: the email shape reads it, and triggers on its backslash."""
+_ESCAPE_TRIGGER: Final = "\\\\"
+"""The backslash in a trigger's character class."""
+
+
+def _combined(shapes: Sequence[_Shape], *, escapes: bool) -> re.Pattern[str]:
+    """One pattern for all ``shapes``, with the backslash of an escape as a trigger or without."""
+    groups: dict[str, list[_Shape]] = {}
+    for shape in sorted(shapes, key=lambda shape: shape.trigger != _DIGITS):  # most hits first
+        trigger = shape.trigger if escapes else shape.trigger.replace(_ESCAPE_TRIGGER, "")
+        groups.setdefault(trigger, []).append(shape)
+    triggers = "".join(groups)
+    branches = [
+        _guard(trigger) + "(?:" + "|".join(f"(?P<{shape.name}>{shape.rest})" for shape in shapes) + ")"
+        for trigger, shapes in groups.items()
+    ]
+    if _DIGITS in groups and len(groups) > 1:
+        # A digit that fails its guard then costs one more assertion, not one per other trigger.
+        branches = [branches[0], "(?<![0-9])(?:" + "|".join(branches[1:]) + ")"]
+    # One character class first: CPython's re then scans for trigger characters in C. Then one
+    # assertion that rejects the second and later digits of a number, the commonest trigger:
+    # every shape starts at the first digit of a number, or at a trigger that is not a digit.
+    return re.compile(f"[{triggers}](?<![0-9]{{2}})(?:{'|'.join(branches)})")
+
+
 class Scanner:
     """The enabled detectors compiled into one pattern. ``scan(text)`` returns the redacted text.
 
     ``engine="re"`` turns the hyperscan candidate finder off (the results are the same)."""
 
-    __slots__ = ("_by_name", "_clean", "_finder", "_markers", "_pattern", "_shapes", "_singles")
+    __slots__ = ("_by_name", "_clean", "_escaped_pattern", "_finder", "_markers", "_pattern", "_shapes", "_singles")
 
     def __init__(self, names: Iterable[str] = DETECTORS, *, engine: Engine = "auto") -> None:
         wanted = set(names)
@@ -705,22 +747,10 @@ class Scanner:
         self._shapes = tuple(shape for shape in SHAPES if shape.name in wanted)
         self._by_name = {shape.name: shape for shape in self._shapes}
         self._markers = {shape.name: MARKER_FORMAT.format(shape.name) for shape in self._shapes}
-        groups: dict[str, list[_Shape]] = {}
-        for shape in sorted(self._shapes, key=lambda shape: shape.trigger != _DIGITS):  # most hits first
-            groups.setdefault(shape.trigger, []).append(shape)
-        triggers = "".join(groups)
-        branches = [
-            _guard(trigger) + "(?:" + "|".join(f"(?P<{shape.name}>{shape.rest})" for shape in shapes) + ")"
-            for trigger, shapes in groups.items()
-        ]
-        if _DIGITS in groups and len(groups) > 1:
-            # A digit that fails its guard then costs one more assertion, not one per other trigger.
-            branches = [branches[0], "(?<![0-9])(?:" + "|".join(branches[1:]) + ")"]
-        # One character class first: CPython's re then scans for trigger characters in C. Then one
-        # assertion that rejects the second and later digits of a number, the commonest trigger:
-        # every shape starts at the first digit of a number, or at a trigger that is not a digit.
-        pattern = f"[{triggers}](?<![0-9]{{2}})(?:{'|'.join(branches)})"
-        self._pattern = re.compile(pattern) if self._shapes else None
+        # The backslash of an escaped "@" is a trigger only in text that holds one: JSON text is full
+        # of other backslashes (\", \n), and each would make the engine try the shapes there.
+        self._pattern = _combined(self._shapes, escapes=False) if self._shapes else None
+        self._escaped_pattern = _combined(self._shapes, escapes=True) if self._shapes else None
         # For a candidate that fails validation: the other shapes, tried alone at the same place.
         self._singles = tuple(
             (shape, re.compile(f"[{shape.trigger}](?<![0-9]{{2}}){_guard(shape.trigger)}(?:{shape.rest})"))
@@ -777,8 +807,9 @@ class Scanner:
     def _search(self, text: str, folded: str) -> str:
         """The reference scan: ``search()`` from the start, then from after each value or miss. The
         detectors read ``folded``; the markers replace the values in ``text``."""
-        assert self._pattern is not None
-        search = self._pattern.search
+        pattern = self._escaped_pattern if _ESCAPED_AT in folded else self._pattern
+        assert pattern is not None
+        search = pattern.search
         match = search(folded)
         if match is None:
             return text
@@ -803,8 +834,9 @@ class Scanner:
         """``_search`` with the pattern tried only at ``candidates`` (sorted): the same result, since
         ``search(folded, pos)`` is ``match()`` at the first place from ``pos`` where it succeeds, and
         every such place is a candidate."""
-        assert self._pattern is not None
-        match_at = self._pattern.match
+        pattern = self._escaped_pattern if _ESCAPED_AT in folded else self._pattern
+        assert pattern is not None
+        match_at = pattern.match
         pieces: list[str] = []
         kept = 0  # text[:kept] is already in pieces
         position = 0  # where search() would look from
