@@ -119,7 +119,7 @@ class TestSessionIdsNoCommandCanOpen:
     (over 256 characters, control characters) names no session: its span is kept, under none, and
     ``sessions`` never lists an id that cannot be opened."""
 
-    @pytest.mark.parametrize("session_id", ["s" * 257, "abc\x1b[2J", ""])
+    @pytest.mark.parametrize("session_id", ["s" * 257, "abc\x1b[2J", "", "\u0130" * 200])  # İ: 2 chars lowered
     def test_the_span_is_stored_under_no_session(self, tmp_path: Path, session_id: str) -> None:
         store_path = tmp_path / "spans.sqlite3"
         ctx = SpanContext(0xFACE, 0xF00D, is_remote=False, trace_flags=TraceFlags(1))
@@ -130,6 +130,20 @@ class TestSessionIdsNoCommandCanOpen:
 
         with SpanStore(store_path, readonly=True) as store:
             assert store.span_count() == 3
+            assert [session.session_id for session in store.sessions()] == [SID]
+
+    def test_a_store_written_before_the_check_does_not_list_them(self, tmp_path: Path) -> None:
+        store_path = tmp_path / "spans.sqlite3"
+        exporter = StoreSpanExporter(store_path)
+        assert exporter.export(_spans(1)) is SpanExportResult.SUCCESS
+        exporter.shutdown()
+        conn = sqlite3.connect(store_path)
+        with conn:  # as an older version wrote them
+            row = conn.execute("SELECT * FROM sessions").fetchone()
+            conn.execute(f"INSERT INTO sessions VALUES ({', '.join('?' * len(row))})", ("s" * 300, *row[1:]))
+        conn.close()
+
+        with SpanStore(store_path, readonly=True) as store:
             assert [session.session_id for session in store.sessions()] == [SID]
 
     def test_the_longest_id_path_opens_is_listed(self, tmp_path: Path) -> None:

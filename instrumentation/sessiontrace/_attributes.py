@@ -34,6 +34,21 @@ def has_room(attributes: object, count: int) -> TypeGuard[BoundedAttributes]:
     )
 
 
+_SDK_SPAN_TYPES: set[type] = set()
+"""Types known to be the SDK's span (or a subclass): a set lookup instead of an ABC check per span."""
+
+
+def is_sdk_span(span: object) -> TypeGuard[Span]:
+    """Whether ``span`` is the SDK's span (or a subclass), whose private fields these helpers use."""
+    kind = type(span)
+    if kind in _SDK_SPAN_TYPES:
+        return True
+    if isinstance(span, Span):  # an ABC check: once per type, not per span
+        _SDK_SPAN_TYPES.add(kind)
+        return True
+    return False
+
+
 def add(span: object, values: Mapping[str, Any], *, longest: int | None = None, replace: bool) -> bool:
     """Put ``values`` (valid attribute values the SDK would store as they are: str, bool, int or
     float, or tuples of them) into a live SDK span's attributes, overwriting existing keys only if
@@ -41,7 +56,7 @@ def add(span: object, values: Mapping[str, Any], *, longest: int | None = None, 
     and only if a value length limit is set). False, having changed nothing, when that is not safe:
     not an SDK span with the SDK's container, already ended, no room for all of them, or a value
     length limit below their longest string."""
-    if not isinstance(span, Span):
+    if not is_sdk_span(span):
         return False
     attributes = span._attributes
     if type(attributes) is not BoundedAttributes or attributes._immutable:

@@ -171,8 +171,6 @@ class _StatusEvent(Event):
         self._attributes = attributes
 
 
-_SDK_SPAN_TYPES: set[type] = set()
-"""Concrete span classes known to be the SDK's: a set lookup instead of an ABC check per span."""
 _ROOMY_LIMITS: set[SpanLimits] = set()
 """Span limits (one per provider) under which our values and shared event maps cannot be cut."""
 
@@ -181,13 +179,9 @@ def _direct(span: Span) -> SdkSpan | None:
     """``span`` as the SDK's span when our pre-validated values and shared status-event maps may go
     into its containers as they are (an SDK span, limits that cannot bite, room to spare); else
     None, and the public span API is used."""
-    kind = type(span)
-    if kind not in _SDK_SPAN_TYPES:
-        if not isinstance(span, SdkSpan):
-            return None
-        _SDK_SPAN_TYPES.add(kind)
-    sdk_span = cast(SdkSpan, span)
-    limits, attrs = sdk_span._limits, sdk_span._attributes
+    if not _attributes.is_sdk_span(span):
+        return None
+    limits, attrs = span._limits, span._attributes
     if limits not in _ROOMY_LIMITS:
         value_length, event_attributes = limits.max_span_attribute_length, limits.max_event_attributes
         if (
@@ -197,7 +191,7 @@ def _direct(span: Span) -> SdkSpan | None:
         ):
             return None
         _ROOMY_LIMITS.add(limits)
-    return sdk_span if _attributes.has_room(attrs, _OWN_ATTRIBUTES) else None
+    return span if _attributes.has_room(attrs, _OWN_ATTRIBUTES) else None
 
 
 class _Activity:
@@ -226,7 +220,6 @@ class _Activity:
     def record(self, before: str, after: str, reason: str | None) -> None:
         """Record the change ``before`` → ``after``, preceded by the (deferred) start event."""
         span, direct = self.span, self.direct
-        started, self.started = self.started, True
         if direct is not None:
             if reason is None:
                 event = _StatusEvent(_TRANSITIONS[before, after], time_ns())
@@ -242,11 +235,13 @@ class _Activity:
             # context may change its status while the step ends, and an ended span never changes.
             with direct._lock:
                 if direct._end_time is None:
+                    started, self.started = self.started, True  # under the lock: one start event
                     if started:
                         events.append(event)
                     else:
                         events.extend((_StatusEvent(_PENDING_RUNNING, direct._start_time or 0), event))
                     return
+        started, self.started = self.started, True
         if not started:
             span.add_event(
                 semconv.STATUS_CHANGE_EVENT,
@@ -262,26 +257,28 @@ class _Activity:
         before, self.status = self.status, status
         self.record(before, status, reason)
 
+    def _finished_plainly(self, direct: SdkSpan) -> bool:
+        """The common case, pending → running → succeeded and nothing else: both events in one
+        write, under the span's lock (as ``record`` writes), so a status changed meanwhile from
+        another thread comes either before or not at all. False when it is not that case."""
+        with direct._lock:
+            if self.status != "running" or self.started or direct._end_time is not None:
+                return False
+            cast("BoundedList[Event]", direct._events).extend(
+                (
+                    _StatusEvent(_PENDING_RUNNING, direct._start_time or 0),
+                    _StatusEvent(_RUNNING_SUCCEEDED, time_ns()),
+                )
+            )
+            self.status, self.started = "succeeded", True
+        return True
+
     def finish(self, error: BaseException | None, reason: str | None = None) -> None:
         """End the span: final status event, result attributes, error details. Never raises."""
         try:
             direct = self.direct
-            if (
-                direct is not None
-                and error is None
-                and self.status == "running"
-                and not self.started
-                and direct._end_time is None
-            ):
-                # The common case, pending → running → succeeded and nothing else: one write each.
+            if direct is not None and error is None and self._finished_plainly(direct):
                 self.put(self.end_attributes["succeeded"])
-                cast("BoundedList[Event]", direct._events).extend(
-                    (
-                        _StatusEvent(_PENDING_RUNNING, direct._start_time or 0),
-                        _StatusEvent(_RUNNING_SUCCEEDED, time_ns()),
-                    )
-                )
-                self.status, self.started = "succeeded", True
                 direct.end()
                 return
             if error is None:

@@ -39,9 +39,9 @@ from wrapt import ObjectProxy, wrap_function_wrapper
 
 from sessiontrace import semconv
 from sessiontrace._log import logger, warn_once
-from sessiontrace._tracer import given_tracer
+from sessiontrace._tracer import AI_TRACER_NAME, given_tracer
 from sessiontrace.ai import content
-from sessiontrace.ai.call import TRACER_NAME, AICall, Endpoint, endpoint, request_extras
+from sessiontrace.ai.call import AICall, Endpoint, endpoint, request_extras
 from sessiontrace.propagation import outbound_to
 
 PROVIDER = "anthropic"
@@ -49,7 +49,7 @@ OPERATION = "chat"
 
 _MODULE = "anthropic.resources.messages"
 _BETA_MODULE = "anthropic.resources.beta.messages"
-_given: trace.Tracer | None = None
+_provider_tracer: trace.Tracer | None = None
 """The tracer of ``instrument(tracer_provider=...)``; None: the global provider's."""
 
 # Request settings with a GenAI attribute (see ``sessiontrace.ai.call.REQUEST_ATTRIBUTES``).
@@ -67,8 +67,10 @@ class AnthropicInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         return ("anthropic >= 0.40",)
 
     def _instrument(self, **kwargs: Any) -> None:
-        global _given
-        _given = given_tracer(TRACER_NAME, kwargs.get("tracer_provider"))  # refused before anything changes
+        global _provider_tracer
+        _provider_tracer = given_tracer(
+            AI_TRACER_NAME, kwargs.get("tracer_provider")
+        )  # refused before anything changes
         try:
             importlib.import_module(_MODULE)
         except ImportError as error:
@@ -90,8 +92,8 @@ class AnthropicInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     def _uninstrument(self, **kwargs: Any) -> None:
         # BaseInstrumentor is a singleton whose __init__ runs again on every construction: nothing
         # is kept on it, and unwrap leaves a method that was never wrapped alone.
-        global _given
-        _given = None
+        global _provider_tracer
+        _provider_tracer = None
         for module, owner_name, method, _, _ in _TARGETS:
             owner = _owner(module, owner_name)
             if owner is not None and hasattr(owner, method):
@@ -206,7 +208,7 @@ def _start(instance: Any, kwargs: Mapping[str, Any], *, stream: bool = False) ->
                 stream=stream or kwargs.get("stream") is True,
                 output_type="json" if _structured(kwargs) else None,
             ),
-            tracer=_given,
+            tracer=_provider_tracer,
         )
         return _Call(call, target.url if target is not None else None)
     except Exception:

@@ -18,14 +18,11 @@ from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from sessiontrace import _attributes, semconv
-from sessiontrace._tracer import GlobalTracer
+from sessiontrace._tracer import AI_TRACER_NAME, GlobalTracer
 from sessiontrace.ai import content
 from sessiontrace.ai.confidence import record_confidence
 
-TRACER_NAME = "sessiontrace.ai"
-"""The instrumentation scope of AI spans, whichever provider they come from."""
-
-_tracer = GlobalTracer(TRACER_NAME)
+_tracer = GlobalTracer(AI_TRACER_NAME)
 
 # Request settings with a GenAI attribute of their own; other settings are ignored.
 REQUEST_ATTRIBUTES: Mapping[str, str] = {

@@ -18,9 +18,9 @@ from opentelemetry import trace
 from opentelemetry.trace import Link, Span, SpanContext, SpanKind
 
 from sessiontrace import semconv
-from sessiontrace._tracer import GlobalTracer
+from sessiontrace._tracer import AI_TRACER_NAME, GlobalTracer
 
-_tracer = GlobalTracer("sessiontrace.ai")
+_tracer = GlobalTracer(AI_TRACER_NAME)
 _LARGEST_LOG = math.log(sys.float_info.max)
 """The largest x whose ``exp(x)`` is a float (about 709.78)."""
 
@@ -88,7 +88,8 @@ def record_review(
     ``human_review``. ``decision`` is ``approve`` or ``override``; ``label`` is the human's answer.
     ``TypeError`` unless ``judged`` is a ``SpanContext``; ``ValueError`` for an invalid one (a
     link to nothing), a bad decision, a reason that is not a non-blank string, or a reviewer or
-    label that is not a string."""
+    label that is not a string. The span goes to the global provider, even when the judged call
+    went to one given to an instrumentor: a review is the application's own span."""
     if not isinstance(judged, SpanContext):
         raise TypeError(f"judged must be a SpanContext (e.g. span.get_span_context()), got {type(judged).__name__}")
     if not judged.is_valid:

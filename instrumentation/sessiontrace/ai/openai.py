@@ -44,9 +44,9 @@ from wrapt import ObjectProxy, wrap_function_wrapper
 
 from sessiontrace import semconv
 from sessiontrace._log import logger, warn_once
-from sessiontrace._tracer import given_tracer
+from sessiontrace._tracer import AI_TRACER_NAME, given_tracer
 from sessiontrace.ai import content
-from sessiontrace.ai.call import TRACER_NAME, AICall, endpoint, request_extras
+from sessiontrace.ai.call import AICall, endpoint, request_extras
 from sessiontrace.ai.confidence import confidence_from_logprobs
 
 PROVIDER = "openai"
@@ -212,7 +212,7 @@ def _record_confidence(call: AICall, logprobs: list[float]) -> None:
         call.record_confidence(score, explanation=CONFIDENCE_EXPLANATION, name="confidence")
 
 
-_given: trace.Tracer | None = None
+_provider_tracer: trace.Tracer | None = None
 """The tracer of ``instrument(tracer_provider=...)``; None: the global provider's."""
 _azure_clients: tuple[type, ...] = ()
 """``openai``'s Azure client classes, found by ``instrument()``: their calls are ``azure.ai.openai``."""
@@ -272,7 +272,7 @@ class _Chat(_Api):
             input_messages=_chat_input(kwargs.get("messages")) if capture else None,
             system_instructions=None,  # OpenAI sends them as messages; they stay in the input messages
             attributes=request_extras(server, stream=kwargs.get("stream") is True, output_type=output_type),
-            tracer=_given,
+            tracer=_provider_tracer,
         )
 
     def record(self, call: AICall, response: Any, capture: bool) -> None:
@@ -382,7 +382,7 @@ class _Responses(_Api):
             input_messages=_responses_input(kwargs.get("input")) if capture else None,
             system_instructions=instructions if capture and isinstance(instructions, str) else None,
             attributes=request_extras(server, stream=kwargs.get("stream") is True, output_type=output_type),
-            tracer=_given,
+            tracer=_provider_tracer,
         )
 
     def record(self, call: AICall, response: Any, capture: bool, *, time_to_first_chunk: float | None = None) -> None:
@@ -876,8 +876,10 @@ class OpenAIInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     def _instrument(self, **kwargs: Any) -> None:
         import openai
 
-        global _azure_clients, _given
-        _given = given_tracer(TRACER_NAME, kwargs.get("tracer_provider"))  # refused before anything changes
+        global _azure_clients, _provider_tracer
+        _provider_tracer = given_tracer(
+            AI_TRACER_NAME, kwargs.get("tracer_provider")
+        )  # refused before anything changes
         _azure_clients = tuple(
             cls for cls in (getattr(openai, "AzureOpenAI", None), getattr(openai, "AsyncAzureOpenAI", None)) if cls
         )
@@ -911,8 +913,8 @@ class OpenAIInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         _patched[:] = patched
 
     def _uninstrument(self, **kwargs: Any) -> None:
-        global _given
-        _given = None
+        global _provider_tracer
+        _provider_tracer = None
         for cls, method, ours, original in _patched:
             if cls.__dict__.get(method) is ours:
                 setattr(cls, method, original)

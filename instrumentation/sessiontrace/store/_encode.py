@@ -143,9 +143,9 @@ class Encoder:
             start = span.start_time or 0
             end = span.end_time
             raw_session = attrs.get(session_key)
-            session_id = (  # under no session when `sessiontrace path` could not open it
-                raw_session.lower() if isinstance(raw_session, str) and is_listed_session_id(raw_session) else None
-            )
+            session_id = raw_session.lower() if isinstance(raw_session, str) else None
+            if session_id is not None and not is_listed_session_id(session_id):
+                session_id = None  # under no session: `sessiontrace path` could not open it
             scope = span.instrumentation_scope
             events = span.events
             links = span.links

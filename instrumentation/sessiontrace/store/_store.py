@@ -29,7 +29,7 @@ from typing import Any
 from opentelemetry.sdk.trace import ReadableSpan
 
 from sessiontrace._stored import load_json, stored_text, whole_number
-from sessiontrace.records import SessionSummary, StoredEvent, StoredLink, StoredSpan
+from sessiontrace.records import SessionSummary, StoredEvent, StoredLink, StoredSpan, is_listed_session_id
 from sessiontrace.store._encode import Encoder, ResourceRow, SessionRow, SpanRow, scrub_rows
 from sessiontrace.store._errors import StoreBusy, StoreError, StoreNotFound, StoreNotWritable, StoreUnavailable
 from sessiontrace.store._schema import check_schema, not_a_store, refuse_foreign
@@ -216,7 +216,9 @@ class SpanStore:
     # -- reading -------------------------------------------------------------------------------
     def sessions(self, limit: int = 20) -> list[SessionSummary]:
         """The most recent sessions, newest (latest ending) first."""
-        return [_summary(row) for row in self._query(_SESSIONS, (limit,))]
+        summaries = (_summary(row) for row in self._query(_SESSIONS, (limit,)))
+        # A store written before ids were checked may list one `path` cannot open: left out.
+        return [summary for summary in summaries if is_listed_session_id(summary.session_id)]
 
     def session_spans(self, session_id: str) -> list[StoredSpan]:
         """Every span of every trace that has a span of ``session_id``, by start time."""
