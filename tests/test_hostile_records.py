@@ -136,24 +136,24 @@ class TestSpanStore:
         assert spans["0000000000000003"].events[0].attributes == {"a": 1}
 
     @pytest.mark.parametrize(
-        ("column", "stored", "field", "read"),
+        ("column", "stored", "field", "read", "kept"),
         [
-            ("name", None, "name", ""),
-            ("name", b"op\xff", "name", "op\ufffd"),
-            ("kind", None, "kind", "INTERNAL"),
-            ("kind", "x", "kind", "x"),
-            ("status_code", None, "status_code", "UNSET"),
-            ("status_code", "ERROR", "status_code", "ERROR"),
-            ("start_ns", None, "start_ns", 2_002),  # its end, the best time known
-            ("start_ns", "abc", "start_ns", 2_002),
-            ("start_ns", 1.5e300, "start_ns", 2_002),
-            ("end_ns", "x", "end_ns", None),
-            ("service_name", 5, "service_name", "5"),
-            ("session_id", b"\x00", "session_id", "\x00"),
+            ("name", None, "name", "", None),
+            ("name", b"op\xff", "name", "op\ufffd", "op\ufffd"),
+            ("kind", None, "kind", "INTERNAL", None),
+            ("kind", "x", "kind", "x", "x"),
+            ("status_code", None, "status_code", "UNSET", None),
+            ("status_code", "ERROR", "status_code", "ERROR", "ERROR"),
+            ("start_ns", None, "start_ns", 2_002, None),  # its end, the best time known
+            ("start_ns", "abc", "start_ns", 2_002, "abc"),
+            ("start_ns", 1.5e300, "start_ns", 2_002, "1.5e+300"),
+            ("end_ns", "x", "end_ns", None, "x"),
+            ("service_name", b"svc", "service_name", "svc", "svc"),  # a number would be stored as text
+            ("session_id", b"\x00", "session_id", "\x00", "\x00"),
         ],
     )
-    def test_a_wrong_typed_column_falls_back(
-        self, store: Path, column: str, stored: object, field: str, read: object
+    def test_a_wrong_typed_column_falls_back_and_is_marked(
+        self, store: Path, column: str, stored: object, field: str, read: object, kept: str | None
     ) -> None:
         _damage(store, f"UPDATE spans SET {column} = ? WHERE span_id = ?", stored, DAMAGED)
 
@@ -161,6 +161,7 @@ class TestSpanStore:
 
         assert getattr(damaged, field) == read
         assert isinstance(damaged.start_ns, int)
+        assert damaged.unreadable == {column: kept}
 
     def test_text_that_is_not_utf8_is_read_with_replacement_characters(self, store: Path) -> None:
         _damage(store, "UPDATE spans SET name = CAST(X'6f7032ff' AS TEXT) WHERE span_id = ?", DAMAGED)
@@ -197,13 +198,13 @@ class TestSpanStore:
         assert code == 0, err
         assert "op2" in tree
         assert "op3" in tree
-        assert "unreadable in the store: attributes, events" in tree
+        assert "unreadable in the store: kind, attributes, events" in tree
 
         code, out, err = _run("path", SID, "--store", str(store), "--format", "json")
         assert code == 0, err
         (root,) = json.loads(out)["traces"][0]["spans"]
         damaged = next(child for child in root["children"] if child["span_id"] == DAMAGED)
-        assert damaged["unreadable"] == {"attributes": "[1]", "events": "{"}
+        assert damaged["unreadable"] == {"kind": None, "attributes": "[1]", "events": "{"}
         assert "unreadable" not in root  # only a damaged span has the key
 
 

@@ -329,6 +329,32 @@ class TestConcurrency:
             release.join()
             other.close()
 
+    def test_a_store_another_process_creates_while_this_one_looks_is_not_foreign(
+        self, store_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The race behind the next test, made deterministic: this opener has read the new file's
+        marks (none yet) when another process commits the whole store. What it reads next must
+        not show the tables without the marks, as another program's file would look."""
+        connect = sqlite3.connect
+        created: list[bool] = []
+
+        def create_meanwhile(statement: str) -> None:
+            if "sqlite_master" in statement and not created:
+                created.append(True)  # before this statement runs: it must see all or nothing of it
+                SpanStore(store_path).close()
+
+        def traced_connect(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+            conn = connect(*args, **kwargs)
+            if not created:
+                conn.set_trace_callback(create_meanwhile)
+            return conn
+
+        monkeypatch.setattr(sqlite3, "connect", traced_connect)
+        with SpanStore(store_path) as store:
+            store.write(_spans(3))
+            assert store.span_count() == 3
+        assert created
+
     def test_processes_opening_new_files_together_all_succeed(self, tmp_path: Path) -> None:
         script = textwrap.dedent(
             """

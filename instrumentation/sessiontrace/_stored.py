@@ -8,6 +8,7 @@ and fall back to a safe value, keeping the stored text (``stored_text``) so noth
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Any
 
 MAX_DEPTH = 100
@@ -61,6 +62,18 @@ def stored_text(stored: object) -> str | None:
 def whole_number(stored: object) -> int | None:
     """``stored`` if it is an integer (not a bool, a float or digits in text), else ``None``."""
     return stored if type(stored) is int else None
+
+
+def uuid_text(stored: object) -> str | None:
+    """A stored UUID as canonical text (SQLite keeps 32 hex digits); ``None`` for NULL or a value
+    that is none."""
+    text = stored_text(stored)
+    if text is None:
+        return None
+    try:
+        return str(uuid.UUID(text))
+    except ValueError:
+        return None
 
 
 def strings(value: Any) -> tuple[str, ...] | None:

@@ -28,7 +28,6 @@ PostgreSQL tables audited by the trigger mode, the triggers write the rows (attr
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -63,7 +62,7 @@ from sqlalchemy.sql.dml import Insert
 from sqlalchemy.types import TypeEngine
 
 from sessiontrace import _values
-from sessiontrace._stored import load_json, strings
+from sessiontrace._stored import load_json, stored_text, strings, uuid_text
 from sessiontrace.audit.encoding import MASKED, JsonValue, decode_value, encode_value
 from sessiontrace.audit.errors import AuditError
 from sessiontrace.audit.mixin import stamp_values
@@ -265,13 +264,8 @@ def _load(value: str | None, column: str, seq: object) -> tuple[Any, Any]:
         return None, None
     plain, ok = load_json(value)
     if not ok or not (plain is None or isinstance(plain, dict)):
-        raise _Damaged(seq, f"{column} is not a JSON object ({_shown(value)})")
+        raise _Damaged(seq, f"{column} is not a JSON object ({_values.shown(value)})")
     return plain, json.loads(value, parse_float=Decimal)
-
-
-def _shown(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _steps(conn: Connection, audit: Table, sid: str) -> list[_Step]:
@@ -300,20 +294,20 @@ def _steps(conn: Connection, audit: Table, sid: str) -> list[_Step]:
         # The log is input too (a superuser, a hand edit): a row the revert would act on must have
         # the shape the writer gives it, or the revert would undo something else than was done.
         if type(seq) is not int:
-            raise _Damaged(_shown(seq), "its seq is not a whole number")
+            raise _Damaged(_values.shown(seq), "its seq is not a whole number")
         if change_type not in CHANGE_TYPES:
-            raise _Damaged(seq, f"change_type {_shown(change_type)} is not one of {', '.join(CHANGE_TYPES)}")
+            raise _Damaged(seq, f"change_type {_values.shown(change_type)} is not one of {', '.join(CHANGE_TYPES)}")
         if not isinstance(table_name, str) or not table_name:
-            raise _Damaged(seq, f"table_name {_shown(table_name)} names no table")
+            raise _Damaged(seq, f"table_name {_values.shown(table_name)} names no table")
         loaded, ok = load_json(fields_text)
         fields = strings(loaded) if ok else None
         if fields is None:
-            raise _Damaged(seq, f"changed_fields is not a JSON list of column names ({_shown(fields_text)})")
+            raise _Damaged(seq, f"changed_fields is not a JSON list of column names ({_values.shown(fields_text)})")
         previous, previous_exact = _load(previous_text, "previous_values", seq)
         new, _ = _load(new_text, "new_values", seq)
         key, ok = load_json(record_id)
         if not ok or not isinstance(key, dict) or not key:
-            raise _Damaged(seq, f"record_id {_shown(record_id)} is not a JSON object of primary key values")
+            raise _Damaged(seq, f"record_id {_values.shown(record_id)} is not a JSON object of primary key values")
         record = json.loads(record_id, parse_float=Decimal)
         if change_type == "insert":
             action, values, exact, recorded = "delete", {}, {}, new or {}
@@ -350,7 +344,7 @@ def _check_tables(conn: Connection, steps: list[_Step], catalog: _Catalog) -> No
         except RevertError as exc:
             raise RevertError(f"audit row seq {op.seq}: {exc}") from None
         wanted = [*step.record, *(name for name, value in op.values.items() if value != MASKED)]
-        gone = [_shown(name) for name in wanted if name not in table.c]  # repr: no control characters
+        gone = [_values.shown(name) for name in wanted if name not in table.c]  # repr: no control characters
         if gone:
             raise RevertError(
                 f"audit row seq {op.seq}: {table.fullname} has no column {', '.join(gone)} any more: cannot restore it"
@@ -388,8 +382,10 @@ def _conflicts(conn: Connection, audit: Table, sid: str, steps: list[_Step]) -> 
             loaded, ok = load_json(later_fields)
             later = strings(loaded) if ok else None
             if later is None:  # what it touched is unknown: refuse rather than guess no conflict
-                raise _Damaged(later_seq, f"changed_fields is not a JSON list of column names ({_shown(later_fields)})")
+                shown = _values.shown(later_fields)
+                raise _Damaged(later_seq, f"changed_fields is not a JSON list of column names ({shown})")
             touched = set(later)
+            session = uuid_text(later_session) or stored_text(later_session)  # as stored, if no UUID
             for step in sorted(record_steps, key=lambda s: s.operation.seq):
                 op = step.operation
                 if later_seq <= op.seq:
@@ -397,17 +393,7 @@ def _conflicts(conn: Connection, audit: Table, sid: str, steps: list[_Step]) -> 
                 for name in op.fields:
                     if name in touched and (table_name, record_id, name, later_seq) not in seen:
                         seen.add((table_name, record_id, name, later_seq))
-                        yield Conflict(table_name, record_id, name, op.seq, later_seq, _uuid_text(later_session))
-
-
-def _uuid_text(value: object) -> str | None:
-    """A stored session id as canonical UUID text (SQLite keeps 32 hex digits), else as stored."""
-    if value is None:
-        return None
-    try:
-        return str(uuid.UUID(str(value)))
-    except ValueError:
-        return str(value)
+                        yield Conflict(table_name, record_id, name, op.seq, later_seq, session)
 
 
 def _lock(conn: Connection, steps: list[_Step], catalog: _Catalog) -> None:
@@ -446,7 +432,7 @@ class _Catalog:
             try:
                 found = Table(bare, self._reflected, schema=schema or None, autoload_with=conn)
             except NoSuchTableError:
-                raise RevertError(f"table {_shown(name)} (named in the audit log) does not exist") from None
+                raise RevertError(f"table {_values.shown(name)} (named in the audit log) does not exist") from None
             self._tables[name] = found
         return found
 

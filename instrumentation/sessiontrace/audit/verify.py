@@ -39,7 +39,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from sqlalchemy import Connection, Engine, inspect, text
 from sqlalchemy.exc import DBAPIError
@@ -73,7 +73,8 @@ SEQ_GAP = "seq gap"
 PREV_HASH_MISMATCH = "prev_hash mismatch"
 """The row does not link to the previous row's hash: a row was inserted or rows were reordered."""
 SEQ_OUT_OF_RANGE = "seq out of range"
-"""The row's ``seq`` is below 1, or at or below a retirement it is not part of: it is outside the chain."""
+"""The row's ``seq`` is below 1, at or below a retirement it is not part of, or not a whole number
+(reported at the seq it would have, with the stored one in the detail): it is outside the chain."""
 CHECKPOINT_MISMATCH = "checkpoint mismatch"
 """The row at a checkpoint's ``seq`` has another ``row_hash``: history was rewritten and re-chained."""
 CHECKPOINT_MISSING = "checkpoint row missing"
@@ -406,7 +407,7 @@ def _stream(conn: Connection, target: str, after: int) -> Iterator[Sequence[Any]
             yield from partition
         return
     timestamp_index = chain.LINE_FIELDS.index("change_timestamp")
-    last_text: object = None
+    last_text: object = _NOTHING  # not None: a NULL time is hashed as stored too
     last_micros: object = 0
     for partition in result.partitions():
         for row in partition:
@@ -417,6 +418,9 @@ def _stream(conn: Connection, target: str, after: int) -> Iterator[Sequence[Any]
             values = list(row)
             values[timestamp_index] = last_micros
             yield values
+
+
+_NOTHING: Final = object()
 
 
 def _sqlite_micros(stored: object) -> object:

@@ -10,7 +10,6 @@ extra) and, for PostgreSQL, psycopg.
 from __future__ import annotations
 
 import sqlite3
-import uuid
 from collections.abc import Collection, Mapping
 from dataclasses import replace
 from datetime import datetime, timezone
@@ -38,7 +37,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
-from sessiontrace._stored import load_json, stored_text, strings, whole_number
+from sessiontrace._stored import load_json, stored_text, strings, uuid_text, whole_number
 from sessiontrace.audit.schema import AUDIT_TABLE, CHANGE_TYPES, audit_log_table
 from sessiontrace.records import StoredChange
 
@@ -186,7 +185,7 @@ def change_from_row(row: Mapping[Any, Any]) -> StoredChange:
     time_ns = _time_ns(row)
     if time_ns is None:
         kept("change_timestamp")
-    session_id = _session_id(row["session_id"])
+    session_id = uuid_text(row["session_id"])
     if session_id is None and row["session_id"] is not None:
         kept("session_id")  # not a UUID: shown as stored
     return StoredChange(
@@ -242,17 +241,6 @@ def _timed(changes: list[StoredChange]) -> list[StoredChange]:
 def _lower(value: object) -> str | None:
     text = stored_text(value)
     return text.lower() if text is not None else None
-
-
-def _session_id(value: object) -> str | None:
-    """The canonical UUID text (SQLite stores 32 hex digits); ``None`` for NULL or text that is none."""
-    text = stored_text(value)
-    if text is None:
-        return None
-    try:
-        return str(uuid.UUID(text))
-    except ValueError:
-        return None
 
 
 def _ns(moment: datetime) -> int:

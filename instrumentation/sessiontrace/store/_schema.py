@@ -80,10 +80,13 @@ def refuse_foreign(conn: sqlite3.Connection, path: Path) -> None:
 
     Called before the store switches the file to WAL: even that would change another program's file.
     """
-    app_id, version = _marks(conn)
-    if app_id != APPLICATION_ID and (
-        app_id != 0 or version != 0 or conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchone()
-    ):
+    # One statement, so one snapshot: read apart, another process creating the store in between
+    # would show its tables without the marks it sets in the same transaction, a foreign file.
+    app_id, version, filled = conn.execute(
+        "SELECT application_id, user_version, EXISTS (SELECT 1 FROM sqlite_master)"
+        " FROM pragma_application_id, pragma_user_version"
+    ).fetchone()
+    if app_id != APPLICATION_ID and (app_id != 0 or version != 0 or filled):
         raise foreign(path)
 
 

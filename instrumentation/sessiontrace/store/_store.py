@@ -328,14 +328,6 @@ def _lenient_text(raw: bytes) -> str:
 # Every read column is checked: a store file is input, whoever wrote it (another version, a hand
 # edit, a damaged disk). A value of the wrong shape falls back to a safe one and its stored text is
 # kept in ``unreadable``, so one damaged span neither hides the path nor crashes a renderer.
-def _name(value: object, names: tuple[str, ...], default: str) -> str:
-    """An OTLP enum number as its name; NULL as the default; anything else as stored."""
-    number = whole_number(value)
-    if number is not None and 0 <= number < len(names):
-        return names[number]
-    return default if value is None else str(stored_text(value))
-
-
 def _summary(row: tuple[Any, ...]) -> SessionSummary:
     first, last = whole_number(row[1]), whole_number(row[2])
     services, ok = load_json(row[8])
@@ -366,11 +358,26 @@ def _stored(row: tuple[Any, ...], earliest: int = 0) -> StoredSpan:
             return fallback
         return read
 
+    def text(index: int, name: str) -> str | None:
+        stored = row[index]
+        if stored is not None and not isinstance(stored, str):  # a number, bytes: shown as text
+            unreadable[name] = stored_text(stored)
+        return stored_text(stored)
+
     def required_text(index: int, name: str) -> str:
-        value = stored_text(row[index])
+        value = text(index, name)
         if value is None:
             unreadable[name] = None
         return value or ""
+
+    def enum_name(index: int, name: str, names: tuple[str, ...], default: str) -> str:
+        """An OTLP enum number as its name; NULL as the default; anything else as stored."""
+        stored = row[index]
+        number = whole_number(stored)
+        if number is not None and 0 <= number < len(names):
+            return names[number]
+        unreadable[name] = stored_text(stored)
+        return default if stored is None else str(stored_text(stored))
 
     end = whole_number(row[6])
     if end is None and row[6] is not None:
@@ -382,20 +389,20 @@ def _stored(row: tuple[Any, ...], earliest: int = 0) -> StoredSpan:
     return StoredSpan(
         trace_id=required_text(0, "trace_id"),
         span_id=required_text(1, "span_id"),
-        parent_span_id=stored_text(row[2]),
+        parent_span_id=text(2, "parent_span_id"),
         name=required_text(3, "name"),
-        kind=_name(row[4], _KINDS, "INTERNAL"),
+        kind=enum_name(4, "kind", _KINDS, "INTERNAL"),
         start_ns=start,
         end_ns=end,
-        status_code=_name(row[7], _STATUSES, "UNSET"),
-        status_message=stored_text(row[8]),
-        service_name=stored_text(row[9]),
-        session_id=stored_text(row[10]),
+        status_code=enum_name(7, "status_code", _STATUSES, "UNSET"),
+        status_message=text(8, "status_message"),
+        service_name=text(9, "service_name"),
+        session_id=text(10, "session_id"),
         attributes=json_column(11, "attributes", _object, {}, required=True),
         events=json_column(12, "events", _events, ()),
         links=json_column(13, "links", _links, ()),
         resource=json_column(14, "resource", _object, {}),
-        scope_name=stored_text(row[15]),
+        scope_name=text(15, "scope_name"),
         unreadable=unreadable,
     )
 
