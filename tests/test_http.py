@@ -463,6 +463,27 @@ class TestOutboundAllowList:
         assert current.id not in json.dumps(refused)
 
     @pytest.mark.parametrize("client", list(CLIENTS))
+    def test_suppressed_instrumentation_adds_nothing(
+        self,
+        header_recorder: RunningServer,
+        client: str,
+        outbound_policy: None,
+        reconfigure: Callable[..., Any],
+    ) -> None:
+        """An exporter sends its own requests inside ``suppress_instrumentation()``: neither trace
+        nor session is added to them, as OpenTelemetry's client instrumentors add nothing."""
+        from opentelemetry.instrumentation.utils import suppress_instrumentation
+
+        reconfigure(outbound=OutboundPolicy(allowed_hosts=("localhost",)))
+        port = header_recorder.port
+        with session(user_id="alice", trigger_source="ui"), suppress_instrumentation():
+            CLIENTS[client](f"http://localhost:{port}/allowed")
+
+        (sent,) = header_recorder.requests
+        assert "baggage" not in sent
+        assert "traceparent" not in sent
+
+    @pytest.mark.parametrize("client", list(CLIENTS))
     def test_foreign_entries_are_kept_when_ours_are_stripped(
         self,
         header_recorder: RunningServer,
