@@ -483,6 +483,31 @@ class TestOutboundAllowList:
         assert "baggage" not in sent
         assert "traceparent" not in sent
 
+    @pytest.mark.parametrize("suppressed", ["all", "http"])
+    def test_suppressed_instrumentation_still_strips_ours_off_the_allow_list(
+        self,
+        header_recorder: RunningServer,
+        outbound_policy: None,
+        reconfigure: Callable[..., Any],
+        suppressed: str,
+    ) -> None:
+        """Stripping our entries is a policy, not instrumentation: it holds whatever is suppressed
+        (and suppress_http_instrumentation() stops the adding, as suppress_instrumentation() does)."""
+        from opentelemetry.instrumentation.utils import suppress_http_instrumentation, suppress_instrumentation
+
+        reconfigure(outbound=OutboundPolicy(allowed_hosts=("localhost",)))
+        port = header_recorder.port
+        suppress = suppress_instrumentation if suppressed == "all" else suppress_http_instrumentation
+        with session(user_id="alice", trigger_source="ui") as current, suppress():
+            leaked = {"baggage": f"session.id={current.id},app.tenant=acme"}
+            CLIENTS["httpx"](f"http://127.0.0.1:{port}/not-allowed", headers=leaked)
+            CLIENTS["httpx"](f"http://localhost:{port}/allowed")
+
+        refused, allowed = header_recorder.requests
+        assert refused["baggage"] == "app.tenant=acme"
+        assert "baggage" not in allowed
+        assert "traceparent" not in allowed
+
     @pytest.mark.parametrize("client", list(CLIENTS))
     def test_foreign_entries_are_kept_when_ours_are_stripped(
         self,

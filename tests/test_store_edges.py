@@ -138,13 +138,20 @@ class TestSessionIdsNoCommandCanOpen:
         assert exporter.export(_spans(1)) is SpanExportResult.SUCCESS
         exporter.shutdown()
         conn = sqlite3.connect(store_path)
-        with conn:  # as an older version wrote them
+        with conn:  # as an older version wrote them, newer than the good one
             row = conn.execute("SELECT * FROM sessions").fetchone()
-            conn.execute(f"INSERT INTO sessions VALUES ({', '.join('?' * len(row))})", ("s" * 300, *row[1:]))
+            for index, bad in enumerate(("s" * 300, "abc\x1b[2J"), start=1):
+                newer = {"last_end_ns": row[2] + index}
+                conn.execute(
+                    f"INSERT INTO sessions VALUES ({', '.join('?' * len(row))})",
+                    (bad, row[1], *newer.values(), *row[3:]),
+                )
         conn.close()
 
         with SpanStore(store_path, readonly=True) as store:
             assert [session.session_id for session in store.sessions()] == [SID]
+            # left out before the limit: the newest openable sessions still fill it
+            assert [session.session_id for session in store.sessions(limit=1)] == [SID]
 
     def test_the_longest_id_path_opens_is_listed(self, tmp_path: Path) -> None:
         store_path = tmp_path / "spans.sqlite3"

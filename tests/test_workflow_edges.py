@@ -301,6 +301,31 @@ class TestWritesRacingTheEnd:
             assert results == [True]
         assert statuses(only(capsession, "step shared")) == ["running", "waiting_for_human", "succeeded"]
 
+    def test_a_plain_finish_writes_under_the_span_lock_once(self, capsession: CapturedSpans) -> None:
+        """The common end (pending → running → succeeded) writes its events and result under the
+        span's lock too: it waits for a writer holding it, and then records one start event."""
+        spans: list[Any] = []
+        entered, leave = threading.Event(), threading.Event()
+
+        def run_step() -> None:
+            with step("ending"):
+                spans.append(trace.get_current_span())
+                entered.set()
+                leave.wait(5)
+
+        worker = threading.Thread(target=run_step)
+        worker.start()
+        assert entered.wait(5)
+        (span,) = spans
+        with span._lock:
+            leave.set()
+            worker.join(0.3)
+            assert worker.is_alive(), "the step's end did not wait for the span's lock"
+        worker.join(5)
+        ended = only(capsession, "step ending")
+        assert statuses(ended) == ["running", "succeeded"]
+        assert (ended.attributes or {})[semconv.STEP_RESULT] == "success"
+
     def test_direct_attributes_wait_for_the_span_and_never_land_after_its_end(self, capsession: CapturedSpans) -> None:
         span = tracer.start_span("answer")
         results = self.blocked_by_span_lock(span, lambda: _attributes.add(span, {"k": "v"}, replace=True))

@@ -43,7 +43,8 @@ def is_sdk_span(span: object) -> TypeGuard[Span]:
     kind = type(span)
     if kind in _SDK_SPAN_TYPES:
         return True
-    if isinstance(span, Span):  # an ABC check: once per type, not per span
+    # On the type, as cached (isinstance would follow a proxy's __class__); an ABC check, once per type.
+    if issubclass(kind, Span):
         _SDK_SPAN_TYPES.add(kind)
         return True
     return False
@@ -66,9 +67,17 @@ def add(span: object, values: Mapping[str, Any], *, longest: int | None = None, 
         return False
     # The span's lock, as the SDK's own setters take it: end() freezes the container under it, and
     # an exporter reading an ended span must never see it change.
-    with span._lock, attributes._lock:
-        if span._end_time is not None:
-            return False
+    with span._lock:
+        return add_holding_lock(span, values, replace=replace)
+
+
+def add_holding_lock(span: Span, values: Mapping[str, Any], *, replace: bool) -> bool:
+    """``add`` for a caller that holds the SDK span's lock and knows no value length limit can cut
+    ``values``. False, having changed nothing, when the span has ended or has no room for them."""
+    attributes = span._attributes
+    if type(attributes) is not BoundedAttributes or span._end_time is not None:
+        return False
+    with attributes._lock:
         store = attributes._dict
         if attributes.maxlen is not None and len(store) + len(values) > attributes.maxlen:
             return False

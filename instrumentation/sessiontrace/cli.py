@@ -649,7 +649,7 @@ def _valid_session_id(value: str) -> str:
     instrumentation set, of 1 to ``MAX_SESSION_ID`` printable characters."""
     from sessiontrace._values import shown
 
-    if not is_listed_session_id(value):
+    if not is_listed_session_id(value.lower()):  # as the store files and looks ids up
         raise click.BadParameter(
             f"a session id is 1 to {MAX_SESSION_ID} printable characters, got {shown(value)}",
             param_hint="SESSION_ID",

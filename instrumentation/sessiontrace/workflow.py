@@ -258,12 +258,15 @@ class _Activity:
         self.record(before, status, reason)
 
     def _finished_plainly(self, direct: SdkSpan) -> bool:
-        """The common case, pending → running → succeeded and nothing else: both events in one
-        write, under the span's lock (as ``record`` writes), so a status changed meanwhile from
-        another thread comes either before or not at all. False when it is not that case."""
+        """The common case, pending → running → succeeded and nothing else: both events and the
+        result attributes in one write under the span's lock, as ``record`` writes. (A status a
+        thread sharing the step changes while it ends still lands before or after ``succeeded``:
+        that race is the caller's.) False, having written nothing, when it is not that case."""
         with direct._lock:
-            if self.status != "running" or self.started or direct._end_time is not None:
+            if self.status != "running" or self.started:
                 return False
+            if not _attributes.add_holding_lock(direct, self.end_attributes["succeeded"], replace=True):
+                return False  # ended, or no room left: the general path says why
             cast("BoundedList[Event]", direct._events).extend(
                 (
                     _StatusEvent(_PENDING_RUNNING, direct._start_time or 0),
@@ -278,7 +281,6 @@ class _Activity:
         try:
             direct = self.direct
             if direct is not None and error is None and self._finished_plainly(direct):
-                self.put(self.end_attributes["succeeded"])
                 direct.end()
                 return
             if error is None:

@@ -15,10 +15,8 @@ from collections.abc import Collection, MutableMapping
 from typing import Any
 from urllib.parse import unquote
 
-from opentelemetry import context as otel_context
-from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
-from opentelemetry.instrumentation.utils import unwrap
+from opentelemetry.instrumentation.utils import is_http_instrumentation_enabled, unwrap
 from wrapt import wrap_function_wrapper
 
 from sessiontrace import semconv
@@ -37,9 +35,10 @@ def apply_policy(headers: MutableMapping[str, Any], url: str) -> None:
     """Inject the session for an allowed ``url``; strip our entries for any other. Header values
     may be ``bytes`` (requests accepts them): they are read as latin-1, as on the wire."""
     if destination_allowed(url):
-        # Inside suppress_instrumentation() (an exporter's own requests), nothing is added, as
-        # OpenTelemetry's client instrumentors add nothing; stripping below is a policy and stays.
-        if not otel_context.get_value(_SUPPRESS_INSTRUMENTATION_KEY):
+        # Inside suppress_instrumentation() or suppress_http_instrumentation() (an exporter's own
+        # requests), nothing is added, as OpenTelemetry's client instrumentors add nothing there.
+        # Stripping, below, is a policy: it applies whatever is suppressed.
+        if is_http_instrumentation_enabled():
             _inject_keeping_application_baggage(headers, url)
         return
     for name in list(headers.keys()):
