@@ -50,14 +50,14 @@ def is_sdk_span(span: object) -> TypeGuard[Span]:
     return False
 
 
-def add(span: object, values: Mapping[str, Any], *, longest: int | None = None, replace: bool) -> bool:
+def add(span: Any, values: Mapping[str, Any], *, longest: int | None = None, replace: bool) -> bool:
     """Put ``values`` (valid attribute values the SDK would store as they are: str, bool, int or
     float, or tuples of them) into a live SDK span's attributes, overwriting existing keys only if
     ``replace``. ``longest``: the length of their longest string, when known (else it is measured,
     and only if a value length limit is set). False, having changed nothing, when that is not safe:
     not an SDK span with the SDK's container, already ended, no room for all of them, or a value
     length limit below their longest string."""
-    if not is_sdk_span(span):
+    if type(span) not in _SDK_SPAN_TYPES and not is_sdk_span(span):  # the common case without a call
         return False
     attributes = span._attributes
     if type(attributes) is not BoundedAttributes or attributes._immutable:

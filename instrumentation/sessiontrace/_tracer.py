@@ -34,14 +34,18 @@ class GlobalTracer:
         self._cached: tuple[object, trace.Tracer] = (None, self._proxy)
 
     def get(self) -> trace.Tracer:
-        """About 0.1 µs: the global provider is looked up on every call."""
-        provider = trace.get_tracer_provider()
+        """The global provider is looked up on every call, as the API keeps it: None until set."""
+        try:
+            provider = trace._TRACER_PROVIDER  # two calls fewer per span than get_tracer_provider()
+        except AttributeError:  # an API that keeps it elsewhere
+            provider = trace.get_tracer_provider()
         cached_provider, tracer = self._cached
-        if provider is not cached_provider:
-            if isinstance(provider, trace.ProxyTracerProvider):
-                return self._proxy
-            tracer = provider.get_tracer(self._name, __version__)
-            self._cached = (provider, tracer)
+        if provider is cached_provider:
+            return tracer
+        if provider is None or isinstance(provider, trace.ProxyTracerProvider):
+            return self._proxy  # it follows the provider once one is set
+        tracer = provider.get_tracer(self._name, __version__)
+        self._cached = (provider, tracer)
         return tracer
 
 
