@@ -40,9 +40,11 @@ class GlobalTracer:
         except AttributeError:  # an API that keeps it elsewhere
             provider = trace.get_tracer_provider()
         cached_provider, tracer = self._cached
-        if provider is cached_provider:
+        if provider is cached_provider and provider is not None:
             return tracer
-        if provider is None or isinstance(provider, trace.ProxyTracerProvider):
+        if provider is None:  # not set yet, unless OTEL_PYTHON_TRACER_PROVIDER names one: this sets it
+            provider = trace.get_tracer_provider()
+        if isinstance(provider, trace.ProxyTracerProvider):
             return self._proxy  # it follows the provider once one is set
         tracer = provider.get_tracer(self._name, __version__)
         self._cached = (provider, tracer)
