@@ -30,11 +30,9 @@ import weakref
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
-from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
-from opentelemetry.instrumentation.utils import unwrap
+from opentelemetry.instrumentation.utils import is_instrumentation_enabled, unwrap
 from wrapt import ObjectProxy, wrap_function_wrapper
 
 from sessiontrace import semconv
@@ -189,7 +187,7 @@ def _start(instance: Any, kwargs: Mapping[str, Any], *, stream: bool = False) ->
     """Start the span of a ``create``/``parse``/``stream`` call with these arguments (``stream``:
     the helper, streamed whatever the arguments say), or None when our bookkeeping fails (the call
     then goes on untraced), as when instrumentation is suppressed."""
-    if otel_context.get_value(_SUPPRESS_INSTRUMENTATION_KEY):  # suppress_instrumentation()
+    if not is_instrumentation_enabled():  # inside suppress_instrumentation()
         return None
     try:
         model = kwargs.get("model")

@@ -388,11 +388,10 @@ def _stream(conn: Connection, target: str, after: int) -> Iterator[Sequence[Any]
         if postgres and name in (*_JSON_COLUMNS, "session_id"):
             columns.append(f"{name}::text")
         elif postgres and name == "change_timestamp":
-            # An infinite time has no epoch number (the cast would fail the whole walk); its text
-            # is hashed instead, which the trigger never does: the row is reported as modified.
+            # An infinite time has no epoch number (the cast would fail the whole walk): it is
+            # hashed as NULL, which the trigger never hashes, so the row is reported as modified.
             columns.append(
-                "CASE WHEN isfinite(change_timestamp)"
-                " THEN (extract(epoch FROM change_timestamp) * 1000000)::bigint::text ELSE change_timestamp::text END"
+                "CASE WHEN isfinite(change_timestamp) THEN (extract(epoch FROM change_timestamp) * 1000000)::bigint END"
             )
         else:
             columns.append(name)
